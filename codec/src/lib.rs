@@ -1,1 +1,62 @@
-//! placeholder
+//! A sans-IO implementation of the WebSocket protocol (RFC 6455).
+//!
+//! This crate never touches a socket: it turns bytes into events and messages into
+//! bytes, so every rule is tested byte for byte and the same code serves the io_uring
+//! server, the epoll fallback, the tokio client and the fuzzers.
+//!
+//! - [`handshake`]: the HTTP/1.1 upgrade, for servers ([`handshake::Request`],
+//!   [`handshake::validate_upgrade`]) and clients ([`handshake::ClientHandshake`]).
+//! - [`Decoder`]: incremental frame parsing, in-place SIMD unmasking
+//!   ([`apply_mask`]) and message assembly with UTF-8 validation across fragments.
+//! - [`PreparedMessage`]: a message encoded once — optionally [split](Split) into
+//!   frames no larger than a given size, header included — into shareable [`bytes::Bytes`].
+//!
+//! # Example: a server's view of one connection
+//!
+//! ```
+//! use bytes::BytesMut;
+//! use ringcast_codec::handshake::{self, Request, RequestParse, UpgradeChecks};
+//! use ringcast_codec::{Decoder, DecoderConfig, Incoming, PreparedMessage, Role, Split};
+//!
+//! // 1. The upgrade request (RFC 6455 §1.3).
+//! let head = b"GET /chat HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\n\
+//!     Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+//!     Sec-WebSocket-Version: 13\r\n\r\n";
+//! let RequestParse::Complete { request, .. } = Request::parse(head)? else { unreachable!() };
+//! let accept = handshake::validate_upgrade(&request, UpgradeChecks::default())?;
+//! let response = handshake::accept_response(&accept, None, "");
+//! assert!(response.starts_with(b"HTTP/1.1 101"));
+//!
+//! // 2. Frames from the client: a masked "Hello" (RFC 6455 §5.7).
+//! let mut decoder = Decoder::new(DecoderConfig::new(Role::Server));
+//! let mut buf = BytesMut::from(&[0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58][..]);
+//! assert_eq!(decoder.decode(&mut buf)?, Some(Incoming::Text("Hello".into())));
+//!
+//! // 3. A reply, encoded once and shareable between any number of connections.
+//! let reply = PreparedMessage::text("Hello back", Split::Whole);
+//! assert_eq!(&reply.as_bytes()[..2], &[0x81, 10]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+mod decoder;
+mod error;
+pub mod frame;
+pub mod handshake;
+mod mask;
+mod message;
+mod prepared;
+mod protocol;
+mod utf8;
+
+pub use decoder::{Decoder, DecoderConfig};
+pub use error::ProtocolError;
+pub use frame::{FrameHeader, FrameRules, HeaderParse};
+pub use mask::{MaskKernel, apply_mask};
+pub use message::{Assembly, CloseFrame, Incoming, MessageAssembler};
+pub use prepared::{FrameSizeError, MIN_FRAME_SIZE, PreparedMessage, Split, close_payload, encode_masked_frame};
+pub use protocol::{CloseCode, OpCode, Role};
+pub use utf8::{Utf8Bytes, Utf8Error, Utf8Validator};
+
+pub use bytes;
