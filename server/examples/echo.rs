@@ -1,0 +1,43 @@
+//! An echo server: every message comes back to its sender. The conformance suites
+//! (Autobahn) run against it.
+//!
+//! ```text
+//! cargo run --release --example echo -- --port 9001 [--workers N]
+//! ```
+
+use ringcast::{Connection, Handler, Server};
+
+struct Echo;
+
+impl Handler for Echo {
+    type Data = ();
+
+    fn on_text(&self, conn: &mut Connection<'_, Self>, text: &str) {
+        let _ = conn.send_text(text);
+    }
+
+    fn on_binary(&self, conn: &mut Connection<'_, Self>, data: &[u8]) {
+        let _ = conn.send_binary(data);
+    }
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut port = ringcast::DEFAULT_PORT;
+    let mut workers = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--port" => port = args.next().ok_or("--port needs a value")?.parse()?,
+            "--workers" => workers = Some(args.next().ok_or("--workers needs a value")?.parse()?),
+            other => return Err(format!("unknown argument {other}; usage: echo [--port N] [--workers N]").into()),
+        }
+    }
+    let mut builder = Server::builder().port(port);
+    if let Some(workers) = workers {
+        builder = builder.workers(workers);
+    }
+    let server = builder.start(Echo)?;
+    println!("echo server listening on {} ({:?})", server.local_addr(), server.backends());
+    server.wait();
+    Ok(())
+}

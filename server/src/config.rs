@@ -1,0 +1,332 @@
+//! Server configuration, assembled with [`ServerBuilder`].
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ringcast_codec::Split;
+
+/// The port a server listens on unless told otherwise.
+pub const DEFAULT_PORT: u16 = 8888;
+
+/// Per-connection behaviour switches, the five options of the reference component.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Deliver every data frame to [`Handler::on_frame`](crate::Handler::on_frame)
+    /// instead of assembling whole messages.
+    pub frame_by_frame: bool,
+    /// Accept upgrade requests without `Upgrade: websocket` / `Connection: Upgrade`.
+    pub skip_upgrade_check: bool,
+    /// Accept any `Sec-WebSocket-Version`.
+    pub skip_version_check: bool,
+    /// Do not answer pings automatically; the handler may call
+    /// [`Connection::send_pong`](crate::Connection::send_pong) itself.
+    pub manual_pong: bool,
+    /// Do not answer a close frame automatically; the handler decides when to call
+    /// [`Connection::close`](crate::Connection::close).
+    pub manual_close: bool,
+}
+
+/// What happens to a connection whose unsent data reached the send-queue limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SlowConsumerPolicy {
+    /// Drop new messages for that connection (counted in
+    /// [`Stats::dropped_messages`](crate::Stats::dropped_messages)); it keeps receiving
+    /// once it catches up.
+    #[default]
+    DropNew,
+    /// Close the connection with 1008 (policy violation) and drop it if it does not
+    /// drain within the close timeout.
+    Disconnect,
+}
+
+/// Which I/O backend the shards run on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IoBackend {
+    /// io_uring where the kernel allows it, else epoll. `RINGCAST_IO=epoll` forces epoll.
+    #[default]
+    Auto,
+    /// io_uring only: starting fails where it is unavailable.
+    IoUring,
+    /// tokio's epoll reactor on a current-thread runtime.
+    Epoll,
+}
+
+/// Certificate files for TLS (wss), all PEM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub certificate: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
+    pub private_key: PathBuf,
+    /// Optional root/intermediate CA certificates appended to the served chain, so
+    /// clients that know only the root can build the path.
+    pub root_certificate: Option<PathBuf>,
+}
+
+/// The full configuration of a server. Build it with [`ServerBuilder`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub(crate) addr: SocketAddr,
+    pub(crate) path: Option<String>,
+    pub(crate) workers: usize,
+    pub(crate) options: Options,
+    pub(crate) split: Split,
+    pub(crate) max_frame_size: usize,
+    pub(crate) max_message_size: usize,
+    pub(crate) send_queue_limit: usize,
+    pub(crate) slow_consumer: SlowConsumerPolicy,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) close_timeout: Duration,
+    pub(crate) tls: Option<TlsFiles>,
+    pub(crate) backlog: i32,
+    pub(crate) backend: IoBackend,
+    pub(crate) max_connections: usize,
+    pub(crate) max_http_body: usize,
+    pub(crate) read_buffer: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_PORT),
+            path: None,
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            options: Options::default(),
+            split: Split::Whole,
+            max_frame_size: 16 << 20,
+            max_message_size: 16 << 20,
+            send_queue_limit: 1 << 20,
+            slow_consumer: SlowConsumerPolicy::DropNew,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: None,
+            close_timeout: Duration::from_secs(2),
+            tls: None,
+            backlog: 4096,
+            backend: IoBackend::Auto,
+            max_connections: usize::MAX,
+            max_http_body: 1 << 20,
+            read_buffer: 512,
+        }
+    }
+}
+
+impl Config {
+    /// The address the server binds (port 0 picks a free port).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// How outgoing data messages are cut into frames.
+    pub fn split(&self) -> Split {
+        self.split
+    }
+
+    /// The per-connection options.
+    pub fn options(&self) -> Options {
+        self.options
+    }
+
+    /// The number of worker threads (shards).
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+}
+
+/// Builds a server's [`Config`], then starts it.
+///
+/// ```no_run
+/// use ringcast::{Server, Handler, Connection};
+/// struct Echo;
+/// impl Handler for Echo {
+///     type Data = ();
+///     fn on_text(&self, conn: &mut Connection<'_, Self>, text: &str) {
+///         conn.send_text(text);
+///     }
+/// }
+/// let server = Server::builder().port(9001).path("/echo").workers(2).start(Echo)?;
+/// # server.stop();
+/// # Ok::<(), ringcast::StartError>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct ServerBuilder {
+    pub(crate) config: Config,
+}
+
+impl ServerBuilder {
+    /// A builder with the defaults: all interfaces, port 8888, any path, one worker per
+    /// core, whole-message frames, 16 MiB limits, 1 MiB send queue dropping new messages.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The IP address to bind (default `0.0.0.0`).
+    pub fn bind(mut self, ip: IpAddr) -> Self {
+        self.config.addr.set_ip(ip);
+        self
+    }
+
+    /// The port to listen on (default 8888; 0 picks a free port).
+    pub fn port(mut self, port: u16) -> Self {
+        self.config.addr.set_port(port);
+        self
+    }
+
+    /// Only accept upgrades for this path (e.g. `/chat`); other paths get 404. By
+    /// default every path is accepted.
+    pub fn path(mut self, path: impl Into<String>) -> Self {
+        let mut path = path.into();
+        if !path.starts_with('/') {
+            path.insert(0, '/');
+        }
+        self.config.path = Some(path);
+        self
+    }
+
+    /// The number of worker threads, each with its own runtime, listener and connection
+    /// table (default: one per core).
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.config.workers = workers.max(1);
+        self
+    }
+
+    /// Replaces all five options at once.
+    pub fn options(mut self, options: Options) -> Self {
+        self.config.options = options;
+        self
+    }
+
+    /// Deliver raw frames to [`Handler::on_frame`](crate::Handler::on_frame).
+    pub fn frame_by_frame(mut self, on: bool) -> Self {
+        self.config.options.frame_by_frame = on;
+        self
+    }
+
+    /// Skip the `Upgrade`/`Connection` header check.
+    pub fn skip_upgrade_check(mut self, on: bool) -> Self {
+        self.config.options.skip_upgrade_check = on;
+        self
+    }
+
+    /// Skip the `Sec-WebSocket-Version` check.
+    pub fn skip_version_check(mut self, on: bool) -> Self {
+        self.config.options.skip_version_check = on;
+        self
+    }
+
+    /// Leave pongs to the handler.
+    pub fn manual_pong(mut self, on: bool) -> Self {
+        self.config.options.manual_pong = on;
+        self
+    }
+
+    /// Leave close replies to the handler.
+    pub fn manual_close(mut self, on: bool) -> Self {
+        self.config.options.manual_close = on;
+        self
+    }
+
+    /// Split outgoing messages into frames of at most `frame_size` bytes, *header
+    /// included*; `None` sends every message as one frame (the default).
+    ///
+    /// # Errors
+    /// A frame size below 3 bytes cannot carry any payload.
+    pub fn split_messages(mut self, frame_size: Option<usize>) -> Result<Self, ringcast_codec::FrameSizeError> {
+        self.config.split = match frame_size {
+            Some(size) => Split::frame_size(size)?,
+            None => Split::Whole,
+        };
+        Ok(self)
+    }
+
+    /// The largest frame payload accepted from a client (default 16 MiB); larger frames
+    /// close the connection with 1009.
+    pub fn max_frame_size(mut self, bytes: usize) -> Self {
+        self.config.max_frame_size = bytes;
+        self
+    }
+
+    /// The largest message accepted from a client (default 16 MiB); larger messages
+    /// close the connection with 1009.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.config.max_message_size = bytes;
+        self
+    }
+
+    /// The most unsent bytes queued for one connection (default 1 MiB) before the
+    /// slow-consumer policy applies.
+    pub fn send_queue_limit(mut self, bytes: usize) -> Self {
+        self.config.send_queue_limit = bytes.max(1);
+        self
+    }
+
+    /// What to do with a connection whose send queue is full.
+    pub fn slow_consumer(mut self, policy: SlowConsumerPolicy) -> Self {
+        self.config.slow_consumer = policy;
+        self
+    }
+
+    /// How long a client may take from TCP accept to a complete upgrade request
+    /// (default 10 s).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.config.handshake_timeout = timeout;
+        self
+    }
+
+    /// Ping connections silent for this long and drop them if still silent after
+    /// another period (default off).
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.idle_timeout = timeout;
+        self
+    }
+
+    /// How long to wait for the peer's close reply (and for stop to drain) before
+    /// dropping the connection (default 2 s).
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.config.close_timeout = timeout;
+        self
+    }
+
+    /// Serve wss:// with these PEM files.
+    pub fn tls(mut self, files: TlsFiles) -> Self {
+        self.config.tls = Some(files);
+        self
+    }
+
+    /// The listen backlog of each worker's socket (default 4096).
+    pub fn backlog(mut self, backlog: i32) -> Self {
+        self.config.backlog = backlog;
+        self
+    }
+
+    /// The I/O backend (default: io_uring, falling back to epoll).
+    pub fn io_backend(mut self, backend: IoBackend) -> Self {
+        self.config.backend = backend;
+        self
+    }
+
+    /// Refuse TCP connections beyond this many open ones (default unlimited).
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.config.max_connections = max;
+        self
+    }
+
+    /// The largest body accepted on a plain HTTP request (default 1 MiB).
+    pub fn max_http_body(mut self, bytes: usize) -> Self {
+        self.config.max_http_body = bytes;
+        self
+    }
+
+    /// The initial (and idle) read buffer per connection (default 512 bytes); it grows
+    /// while traffic needs more and shrinks back when the connection goes quiet.
+    pub fn read_buffer(mut self, bytes: usize) -> Self {
+        self.config.read_buffer = bytes.max(64);
+        self
+    }
+
+    /// The configuration built so far.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+}

@@ -1,0 +1,673 @@
+//! One worker: a runtime, a listener, a connection table, and the tasks that drive them.
+//!
+//! Everything here runs on one thread. The table is a `RefCell<Slab>` borrowed only
+//! between awaits, so no lock or atomic read-modify-write sits on the message path; other
+//! shards reach this one through its command channel, one message per broadcast.
+
+use std::cell::{Cell, RefCell};
+use std::convert::Infallible;
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use ringcast_codec::handshake::{self, Request, RequestParse, UpgradeChecks};
+use ringcast_codec::{Assembly, CloseCode, Decoder, DecoderConfig, Incoming, PreparedMessage, Role};
+use slab::Slab;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::config::{Config, SlowConsumerPolicy};
+use crate::connection::{ConnState, Connection, ConnectionId, ConnectionRef, Phase, SendError};
+use crate::handler::{Allow, DisconnectReason, Frame, Handler};
+use crate::http::{HttpRequest, HttpResponse, content_length};
+use crate::io::{Link, Listener, MAX_IOV};
+use crate::out_frame::{OutFrame, Outgoing};
+use crate::server::{Broadcaster, Command, Target};
+use crate::stats::ShardStats;
+
+/// The largest read reserved at once, even while a bigger frame is arriving.
+const MAX_READ: usize = 1 << 20;
+/// Reads grow up to this size while traffic fills them.
+const MAX_STEADY_READ: usize = 64 << 10;
+
+/// A shard's connection table.
+pub(crate) struct Table<D> {
+    conns: Slab<ConnState<D>>,
+    sequence: u32,
+}
+
+impl<D> Table<D> {
+    fn get_mut(&mut self, id: ConnectionId) -> Option<&mut ConnState<D>> {
+        self.conns.get_mut(id.slot()).filter(|c| c.id == id)
+    }
+
+    fn remove(&mut self, id: ConnectionId) -> Option<ConnState<D>> {
+        self.get_mut(id)?;
+        Some(self.conns.remove(id.slot()))
+    }
+}
+
+/// One worker's state, shared by its tasks through `Rc`.
+pub(crate) struct Shard<H: Handler> {
+    pub(crate) index: usize,
+    pub(crate) config: Arc<Config>,
+    handler: Arc<H>,
+    table: RefCell<Table<H::Data>>,
+    pub(crate) stats: Arc<ShardStats>,
+    pub(crate) broadcaster: Broadcaster<H>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    decoder: DecoderConfig,
+    /// Broadcasts requested by handlers, applied once the handler returns.
+    deferred: RefCell<Vec<(Bytes, Target<H>)>>,
+    stopping: Cell<bool>,
+    per_shard_limit: usize,
+}
+
+impl<H: Handler> Shard<H> {
+    pub(crate) fn new(
+        index: usize,
+        config: Arc<Config>,
+        handler: Arc<H>,
+        broadcaster: Broadcaster<H>,
+        stats: Arc<ShardStats>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Self {
+        let decoder = DecoderConfig::new(Role::Server)
+            .max_frame_size(config.max_frame_size)
+            .max_message_size(config.max_message_size)
+            .assembly(if config.options.frame_by_frame { Assembly::Frames } else { Assembly::Messages });
+        let per_shard_limit = config.max_connections.div_ceil(config.workers.max(1));
+        Shard {
+            index,
+            config,
+            handler,
+            table: RefCell::new(Table { conns: Slab::new(), sequence: 0 }),
+            stats,
+            broadcaster,
+            tls,
+            decoder,
+            deferred: RefCell::new(Vec::new()),
+            stopping: Cell::new(false),
+            per_shard_limit,
+        }
+    }
+
+    /// Runs the shard until a stop command arrives and every connection has ended.
+    pub(crate) async fn run(
+        self: Rc<Self>,
+        listener: Listener,
+        control: std::net::TcpListener,
+        mut commands: UnboundedReceiver<Command<H>>,
+    ) {
+        let accept = tokio::task::spawn_local(self.clone().accept_loop(listener));
+        let timer = tokio::task::spawn_local(self.clone().timer_loop());
+        while let Some(command) = commands.recv().await {
+            match command {
+                Command::Send { bytes, published, target } => {
+                    let message = Rc::new(Outgoing { bytes, published });
+                    self.fan_out(&message, &target);
+                }
+                Command::Stop => break,
+            }
+        }
+        self.stop(&control).await;
+        let _ = accept.await;
+        timer.abort();
+    }
+
+    async fn accept_loop(self: Rc<Self>, listener: Listener) {
+        loop {
+            let accepted = listener.accept().await;
+            if self.stopping.get() {
+                return;
+            }
+            match accepted {
+                Ok((socket, peer)) => {
+                    if self.stats.connections.get() as usize >= self.per_shard_limit {
+                        tracing::debug!(shard = self.index, %peer, "connection refused: limit reached");
+                        continue;
+                    }
+                    tokio::task::spawn_local(self.clone().serve(socket, peer));
+                }
+                Err(e) => {
+                    tracing::warn!(shard = self.index, error = %e, "accept failed");
+                    // Out of descriptors: back off instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// Enforces deadlines (handshake, close reply, pong) and sends idle pings.
+    async fn timer_loop(self: Rc<Self>) {
+        let config = &self.config;
+        let shortest = [Some(config.handshake_timeout), Some(config.close_timeout), config.idle_timeout]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(Duration::from_secs(1));
+        let mut interval =
+            tokio::time::interval((shortest / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            let now = Instant::now();
+            let mut table = self.table.borrow_mut();
+            for (_, conn) in table.conns.iter_mut() {
+                if conn.deadline.is_some_and(|deadline| now >= deadline) {
+                    conn.deadline = None;
+                    conn.end_reason.get_or_insert(DisconnectReason::Timeout);
+                    conn.link.shutdown();
+                    continue;
+                }
+                let Some(idle) = config.idle_timeout else { continue };
+                if conn.accepts_data() && !conn.ping_outstanding && now.duration_since(conn.last_read) >= idle {
+                    conn.ping_outstanding = true;
+                    conn.deadline = Some(now + idle);
+                    let ping = PreparedMessage::ping(b"").map(PreparedMessage::into_bytes).unwrap_or_default();
+                    let _ = self.enqueue(conn, OutFrame::single(ping));
+                }
+            }
+        }
+    }
+
+    /// Serves one accepted TCP connection from start to end.
+    pub(crate) async fn serve(self: Rc<Self>, socket: crate::io::Socket, peer: SocketAddr) {
+        let session = self.tls.as_ref().map(|config| rustls::ServerConnection::new(config.clone()));
+        let session = match session.transpose() {
+            Ok(session) => session,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot create a TLS session");
+                return;
+            }
+        };
+        let link = Rc::new(Link::new(socket, session));
+        let id = {
+            let mut table = self.table.borrow_mut();
+            table.sequence = table.sequence.wrapping_add(1);
+            let sequence = table.sequence;
+            let entry = table.conns.vacant_entry();
+            let id = ConnectionId::new(self.index, entry.key(), sequence);
+            entry.insert(ConnState::new(id, peer, link.clone(), Instant::now() + self.config.handshake_timeout));
+            id
+        };
+        self.stats.connections.add(1);
+        self.handler.on_connect(id, peer);
+        let Err(reason) = self.drive(id, &link, peer).await;
+        self.finish(id, &link, reason);
+    }
+
+    /// The connection's life; returns only with the reason it ended.
+    async fn drive(
+        self: &Rc<Self>,
+        id: ConnectionId,
+        link: &Rc<Link>,
+        peer: SocketAddr,
+    ) -> Result<Infallible, DisconnectReason> {
+        if let Err(e) = link.handshake().await {
+            return Err(self.end_reason(id).unwrap_or_else(|| DisconnectReason::Io(format!("TLS handshake: {e}"))));
+        }
+        let mut buf = BytesMut::new();
+        let (request, head_len) = loop {
+            match Request::parse(&buf) {
+                Ok(RequestParse::Complete { request, head_len }) => break (request, head_len),
+                Ok(RequestParse::Incomplete) => {}
+                Err(e) => return Err(self.refuse(link, e.status(), e.response()).await),
+            }
+            self.read(id, link, &mut buf, 1024).await?;
+        };
+        buf.advance(head_len);
+        if !request.wants_upgrade() {
+            return Err(self.serve_http(id, link, &request, buf, peer).await);
+        }
+        if let Some(path) = &self.config.path
+            && request.path() != path
+        {
+            let response = handshake::error_response(404, "", "no WebSocket endpoint at this path\n");
+            return Err(self.refuse(link, 404, response).await);
+        }
+        let options = self.config.options;
+        let checks = UpgradeChecks {
+            skip_upgrade_check: options.skip_upgrade_check,
+            skip_version_check: options.skip_version_check,
+        };
+        let accept = match handshake::validate_upgrade(&request, checks) {
+            Ok(accept) => accept,
+            Err(e) => return Err(self.refuse(link, e.status(), e.response()).await),
+        };
+        match self.handler.allow(&request, peer) {
+            Allow::Yes => {}
+            Allow::No => {
+                return Err(self.refuse(link, 403, handshake::error_response(403, "", "connection refused\n")).await);
+            }
+            Allow::Status(status) => {
+                return Err(self
+                    .refuse(link, status, handshake::error_response(status, "", "connection refused\n"))
+                    .await);
+            }
+        }
+        if let Err(e) = link.write_all(handshake::accept_response(&accept, None, "")).await {
+            return Err(self.end_reason(id).unwrap_or(DisconnectReason::Io(e.to_string())));
+        }
+        {
+            let mut table = self.table.borrow_mut();
+            let conn = table.get_mut(id).ok_or(DisconnectReason::Timeout)?;
+            conn.phase = Phase::Open;
+            conn.request = Some(request);
+            conn.deadline = None;
+            conn.last_read = Instant::now();
+        }
+        self.stats.handshakes_accepted.add(1);
+        self.stats.websockets.add(1);
+        self.with_connection(id, |handler, conn| handler.on_handshake_response_sent(conn));
+        self.message_loop(id, link, buf).await
+    }
+
+    async fn message_loop(
+        self: &Rc<Self>,
+        id: ConnectionId,
+        link: &Rc<Link>,
+        mut buf: BytesMut,
+    ) -> Result<Infallible, DisconnectReason> {
+        let mut decoder = Decoder::new(self.decoder);
+        let min_read = self.config.read_buffer;
+        let mut read_size = min_read;
+        loop {
+            loop {
+                match decoder.decode(&mut buf) {
+                    Ok(Some(incoming)) => self.on_incoming(id, incoming).await?,
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.stats.protocol_errors.add(1);
+                        tracing::debug!(shard = self.index, %id, error = %e, "protocol error");
+                        let close = PreparedMessage::close(e.close_code(), &e.to_string()).into_bytes();
+                        self.with_connection(id, |_, conn| conn.shard.start_close(conn.conn, close));
+                        self.drain(id).await;
+                        return Err(DisconnectReason::Protocol(e));
+                    }
+                }
+            }
+            // Give memory back when a burst is over: idle connections keep a small buffer.
+            if buf.is_empty() && buf.capacity() > 4 * read_size.max(min_read) {
+                buf = BytesMut::new();
+            }
+            let reserve = read_size.max(decoder.needed().min(MAX_READ));
+            let n = self.read(id, link, &mut buf, reserve).await?;
+            read_size = if n >= read_size {
+                (read_size * 2).min(MAX_STEADY_READ)
+            } else if n < read_size / 4 {
+                (read_size / 2).max(min_read)
+            } else {
+                read_size
+            };
+            if let Some(conn) = self.table.borrow_mut().get_mut(id) {
+                conn.last_read = Instant::now();
+                if conn.ping_outstanding {
+                    conn.ping_outstanding = false;
+                    if !conn.close_sent && !conn.close_received {
+                        conn.deadline = None;
+                    }
+                }
+            }
+            if link.wants_flush() {
+                self.kick_writer(id);
+            }
+        }
+    }
+
+    async fn on_incoming(self: &Rc<Self>, id: ConnectionId, incoming: Incoming) -> Result<(), DisconnectReason> {
+        let stats = &self.stats;
+        match incoming {
+            Incoming::Text(text) => {
+                stats.messages_in.add(1);
+                stats.bytes_in.add(text.len() as u64);
+                self.with_connection(id, |handler, conn| handler.on_text(conn, &text));
+            }
+            Incoming::Binary(data) => {
+                stats.messages_in.add(1);
+                stats.bytes_in.add(data.len() as u64);
+                self.with_connection(id, |handler, conn| handler.on_binary(conn, &data));
+            }
+            Incoming::Fragment { opcode, fin, payload } => {
+                stats.messages_in.add(1);
+                stats.bytes_in.add(payload.len() as u64);
+                let frame = Frame { opcode, fin, payload: &payload };
+                self.with_connection(id, |handler, conn| handler.on_frame(conn, frame));
+            }
+            Incoming::Ping(payload) => {
+                let manual = self.config.options.manual_pong;
+                self.with_connection(id, |handler, conn| {
+                    if !manual {
+                        let _ = conn.send_pong(&payload);
+                    }
+                    handler.on_ping(conn, &payload);
+                });
+            }
+            Incoming::Pong(payload) => {
+                self.with_connection(id, |handler, conn| handler.on_pong(conn, &payload));
+            }
+            Incoming::Close(frame) => {
+                let code = frame.as_ref().map_or(CloseCode::Status, |f| f.code);
+                let manual = self.config.options.manual_close;
+                let close_timeout = self.config.close_timeout;
+                let we_closed_first = self.with_connection(id, |handler, conn| {
+                    conn.conn.close_received = true;
+                    let we_closed_first = conn.conn.close_sent;
+                    handler.on_close(conn, frame.as_ref());
+                    if !conn.conn.close_sent && !manual {
+                        // Echo the peer's code, as RFC 6455 §5.5.1 suggests.
+                        let reply = PreparedMessage::close(code, "").into_bytes();
+                        conn.shard.start_close(conn.conn, reply);
+                    }
+                    if !conn.conn.close_sent {
+                        conn.conn.deadline = Some(Instant::now() + close_timeout);
+                    }
+                    (we_closed_first, conn.conn.close_sent)
+                });
+                match we_closed_first {
+                    Some((true, _)) | None => return Err(DisconnectReason::Closed(code)),
+                    // Manual close without a reply yet: keep reading until the handler
+                    // answers, the peer hangs up or the deadline passes.
+                    Some((false, false)) => {}
+                    Some((false, true)) => {
+                        self.drain(id).await;
+                        return Err(DisconnectReason::Closed(code));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads into `buf`; end of stream and errors end the connection with the reason
+    /// recorded by whoever shut it down, if anyone did.
+    async fn read(
+        &self,
+        id: ConnectionId,
+        link: &Link,
+        buf: &mut BytesMut,
+        reserve: usize,
+    ) -> Result<usize, DisconnectReason> {
+        match link.read(buf, reserve).await {
+            Ok(0) => Err(self.end_reason(id).unwrap_or(DisconnectReason::Eof)),
+            Ok(n) => Ok(n),
+            Err(e) => Err(self.end_reason(id).unwrap_or(DisconnectReason::Io(e.to_string()))),
+        }
+    }
+
+    fn end_reason(&self, id: ConnectionId) -> Option<DisconnectReason> {
+        self.table.borrow_mut().get_mut(id).and_then(|c| c.end_reason.take())
+    }
+
+    /// Answers a refused handshake with an HTTP error and ends the connection.
+    async fn refuse(&self, link: &Link, status: u16, response: Vec<u8>) -> DisconnectReason {
+        self.stats.handshakes_refused.add(1);
+        tracing::debug!(shard = self.index, status, "handshake refused");
+        let _ = link.write_all(response).await;
+        DisconnectReason::HandshakeRefused(status)
+    }
+
+    async fn serve_http(
+        &self,
+        id: ConnectionId,
+        link: &Link,
+        request: &Request,
+        mut buf: BytesMut,
+        peer: SocketAddr,
+    ) -> DisconnectReason {
+        let response = match content_length(request) {
+            Err(()) => HttpResponse::text(411, "a Content-Length body is required\n"),
+            Ok(len) if len > self.config.max_http_body => HttpResponse::text(413, "request body too large\n"),
+            Ok(len) => {
+                while buf.len() < len {
+                    let missing = len - buf.len();
+                    if let Err(reason) = self.read(id, link, &mut buf, missing).await {
+                        return reason;
+                    }
+                }
+                let http = HttpRequest { request, body: &buf[..len], peer, broadcaster: &self.broadcaster };
+                self.handler.on_http(&http).unwrap_or_else(HttpResponse::upgrade_required)
+            }
+        };
+        self.stats.http_requests.add(1);
+        let _ = link.write_all(response.encode()).await;
+        DisconnectReason::HttpServed
+    }
+
+    /// Calls `f` with a handler view of connection `id`, then applies any broadcasts the
+    /// handler asked for. `None` if the connection is gone.
+    fn with_connection<R>(
+        self: &Rc<Self>,
+        id: ConnectionId,
+        f: impl FnOnce(&H, &mut Connection<'_, H>) -> R,
+    ) -> Option<R> {
+        let result = {
+            let mut table = self.table.borrow_mut();
+            let conn = table.get_mut(id)?;
+            f(&self.handler, &mut Connection { shard: self, conn })
+        };
+        self.apply_deferred();
+        Some(result)
+    }
+
+    pub(crate) fn defer_broadcast(&self, bytes: Bytes, target: Target<H>) {
+        self.deferred.borrow_mut().push((bytes, target));
+    }
+
+    fn apply_deferred(self: &Rc<Self>) {
+        loop {
+            let pending = std::mem::take(&mut *self.deferred.borrow_mut());
+            if pending.is_empty() {
+                return;
+            }
+            let published = Instant::now();
+            for (bytes, target) in pending {
+                self.broadcaster.send_to_others(self.index, &bytes, published, &target);
+                self.fan_out(&Rc::new(Outgoing { bytes, published }), &target);
+            }
+        }
+    }
+
+    /// Queues one encoded message on every selected connection of this shard.
+    fn fan_out(self: &Rc<Self>, message: &Rc<Outgoing>, target: &Target<H>) {
+        let mut table = self.table.borrow_mut();
+        match target {
+            Target::One(id) => {
+                if let Some(conn) = table.get_mut(*id).filter(|c| c.accepts_data()) {
+                    let _ = self.enqueue(conn, OutFrame::new(message.clone()));
+                }
+            }
+            _ => {
+                for (_, conn) in table.conns.iter_mut() {
+                    if conn.accepts_data() && target.matches(&ConnectionRef { conn }) {
+                        let _ = self.enqueue(conn, OutFrame::new(message.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues a frame on `conn`, applying the send-queue bound, and makes sure a writer
+    /// task will write it.
+    pub(crate) fn enqueue(self: &Rc<Self>, conn: &mut ConnState<H::Data>, frame: OutFrame) -> Result<(), SendError> {
+        let len = frame.len();
+        // One message larger than the bound is still allowed through an empty queue.
+        if conn.queued_bytes > 0 && conn.queued_bytes + len > self.config.send_queue_limit {
+            match self.config.slow_consumer {
+                SlowConsumerPolicy::DropNew => self.stats.dropped_messages.add(1),
+                SlowConsumerPolicy::Disconnect => {
+                    self.stats.slow_consumer_disconnects.add(1);
+                    tracing::debug!(shard = self.index, id = %conn.id, "slow consumer disconnected");
+                    conn.end_reason.get_or_insert(DisconnectReason::SlowConsumer);
+                    let close = PreparedMessage::close(CloseCode::Policy, "send queue limit exceeded").into_bytes();
+                    self.start_close(conn, close);
+                }
+            }
+            return Err(SendError::QueueFull);
+        }
+        self.stats.messages_out.add(1);
+        self.push(conn, frame);
+        Ok(())
+    }
+
+    fn push(self: &Rc<Self>, conn: &mut ConnState<H::Data>, frame: OutFrame) {
+        conn.queued_bytes += frame.len();
+        conn.queue.push_back(frame);
+        if !conn.writing {
+            conn.writing = true;
+            tokio::task::spawn_local(self.clone().write_loop(conn.id, conn.link.clone()));
+        }
+    }
+
+    /// Queues a close frame (exempt from the queue bound) and starts the close deadline.
+    pub(crate) fn start_close(self: &Rc<Self>, conn: &mut ConnState<H::Data>, close: Bytes) {
+        if conn.close_sent {
+            return;
+        }
+        conn.close_sent = true;
+        conn.deadline = Some(Instant::now() + self.config.close_timeout);
+        self.push(conn, OutFrame::single(close));
+    }
+
+    fn kick_writer(self: &Rc<Self>, id: ConnectionId) {
+        if let Some(conn) = self.table.borrow_mut().get_mut(id)
+            && !conn.writing
+        {
+            conn.writing = true;
+            tokio::task::spawn_local(self.clone().write_loop(id, conn.link.clone()));
+        }
+    }
+
+    /// Drains a connection's queue: one vectored write of everything queued, repeated
+    /// until the queue is empty. At most one runs per connection.
+    async fn write_loop(self: Rc<Self>, id: ConnectionId, link: Rc<Link>) {
+        let mut batch: Vec<OutFrame> = Vec::new();
+        loop {
+            {
+                let mut table = self.table.borrow_mut();
+                let Some(conn) = table.get_mut(id) else { return };
+                if conn.queue.is_empty() && !link.wants_flush() {
+                    conn.writing = false;
+                    if let Some(waker) = conn.drain_waker.take() {
+                        waker.wake();
+                    }
+                    return;
+                }
+                let n = conn.queue.len().min(MAX_IOV);
+                batch.extend(conn.queue.drain(..n));
+            }
+            let (result, mut frames) = link.writev(batch).await;
+            let now = Instant::now();
+            let mut table = self.table.borrow_mut();
+            let Some(conn) = table.get_mut(id) else { return };
+            match result {
+                Ok(written) if written > 0 || frames.is_empty() => {
+                    conn.queued_bytes -= written;
+                    self.stats.bytes_out.add(written as u64);
+                    let mut left = written;
+                    let mut done = 0;
+                    for frame in frames.iter_mut() {
+                        if left < frame.len() {
+                            frame.advance(left);
+                            break;
+                        }
+                        left -= frame.len();
+                        done += 1;
+                    }
+                    if let Some(first) = frames.first()
+                        && done > 0
+                    {
+                        self.stats.record_latency(now.duration_since(first.published()), done as u64);
+                    }
+                    for frame in frames.drain(done..).rev() {
+                        conn.queue.push_front(frame);
+                    }
+                    frames.clear();
+                    batch = frames;
+                }
+                result => {
+                    let reason = match result {
+                        Err(e) => DisconnectReason::Io(e.to_string()),
+                        Ok(_) => DisconnectReason::Io("write returned 0".into()),
+                    };
+                    conn.end_reason.get_or_insert(reason);
+                    conn.writing = false;
+                    conn.queue.clear();
+                    conn.queued_bytes = 0;
+                    if let Some(waker) = conn.drain_waker.take() {
+                        waker.wake();
+                    }
+                    link.shutdown();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Waits (at most the close timeout) until the connection's queue is written.
+    async fn drain(&self, id: ConnectionId) {
+        let drained = poll_fn(|cx| {
+            let mut table = self.table.borrow_mut();
+            match table.get_mut(id) {
+                Some(conn) if conn.writing => {
+                    conn.drain_waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+                _ => Poll::Ready(()),
+            }
+        });
+        let _ = tokio::time::timeout(self.config.close_timeout, drained).await;
+    }
+
+    /// Removes a finished connection and tells the handler, exactly once.
+    fn finish(self: &Rc<Self>, id: ConnectionId, link: &Link, reason: DisconnectReason) {
+        link.shutdown();
+        let Some(mut conn) = self.table.borrow_mut().remove(id) else { return };
+        self.stats.connections.sub(1);
+        if conn.phase == Phase::Open {
+            self.stats.websockets.sub(1);
+        }
+        conn.phase = Phase::Gone;
+        conn.queue.clear();
+        tracing::trace!(shard = self.index, %id, ?reason, "disconnected");
+        self.handler.on_disconnect(&mut Connection { shard: self, conn: &mut conn }, &reason);
+        self.apply_deferred();
+    }
+
+    /// Graceful stop: no new connections, close 1001 to everyone, a bounded wait for the
+    /// replies, then whatever is left is dropped.
+    async fn stop(self: &Rc<Self>, control: &std::net::TcpListener) {
+        self.stopping.set(true);
+        // Shutting the listening socket down completes the pending accept.
+        let _ = socket2::SockRef::from(control).shutdown(std::net::Shutdown::Read);
+        {
+            let mut table = self.table.borrow_mut();
+            let close = PreparedMessage::close(CloseCode::Away, "server stopping").into_bytes();
+            for (_, conn) in table.conns.iter_mut() {
+                conn.end_reason.get_or_insert(DisconnectReason::ServerStopping);
+                if conn.phase == Phase::Open {
+                    self.start_close(conn, close.clone());
+                } else {
+                    conn.link.shutdown();
+                }
+            }
+        }
+        let deadline = Instant::now() + self.config.close_timeout;
+        let mut forced = false;
+        while !self.table.borrow().conns.is_empty() {
+            if Instant::now() >= deadline && !forced {
+                forced = true;
+                for (_, conn) in self.table.borrow_mut().conns.iter_mut() {
+                    conn.link.shutdown();
+                }
+            } else if forced && Instant::now() >= deadline + Duration::from_secs(1) {
+                tracing::warn!(shard = self.index, left = self.table.borrow().conns.len(), "connections did not end");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
