@@ -107,7 +107,7 @@ impl Default for Config {
             backend: IoBackend::Auto,
             max_connections: usize::MAX,
             max_http_body: 1 << 20,
-            read_buffer: 512,
+            read_buffer: 128,
         }
     }
 }
@@ -318,7 +318,7 @@ impl ServerBuilder {
         self
     }
 
-    /// The initial (and idle) read buffer per connection (default 512 bytes); it grows
+    /// The initial (and idle) read buffer per connection (default 128 bytes); it grows
     /// while traffic needs more and shrinks back when the connection goes quiet.
     pub fn read_buffer(mut self, bytes: usize) -> Self {
         self.config.read_buffer = bytes.max(64);

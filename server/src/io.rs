@@ -186,7 +186,14 @@ impl Link {
     /// Reads application bytes into `buf`, reserving `reserve` bytes first. Returns 0 at
     /// the end of the stream.
     pub(crate) async fn read(&self, buf: &mut BytesMut, reserve: usize) -> io::Result<usize> {
-        let Some(tls) = &self.tls else { return self.socket.read(buf, reserve).await };
+        match &self.tls {
+            None => self.socket.read(buf, reserve).await,
+            // Boxed: TLS state must not inflate every plain connection's read future.
+            Some(tls) => Box::pin(self.read_tls(tls, buf, reserve)).await,
+        }
+    }
+
+    async fn read_tls(&self, tls: &RefCell<Tls>, buf: &mut BytesMut, reserve: usize) -> io::Result<usize> {
         loop {
             {
                 let mut tls = tls.borrow_mut();

@@ -196,17 +196,25 @@ impl<H: Handler> Shard<H> {
         };
         self.stats.connections.add(1);
         self.handler.on_connect(id, peer);
-        let Err(reason) = self.drive(id, &link, peer).await;
+        // The handshake's state is boxed so that it does not count towards the size of
+        // the long-lived message loop: idle connections must stay small.
+        let reason = match Box::pin(self.handshake(id, &link, peer)).await {
+            Ok(buf) => {
+                let Err(reason) = self.message_loop(id, &link, buf).await;
+                reason
+            }
+            Err(reason) => reason,
+        };
         self.finish(id, &link, reason);
     }
 
-    /// The connection's life; returns only with the reason it ended.
-    async fn drive(
+    /// TLS and HTTP handshakes; returns the bytes that followed the upgrade request.
+    async fn handshake(
         self: &Rc<Self>,
         id: ConnectionId,
         link: &Rc<Link>,
         peer: SocketAddr,
-    ) -> Result<Infallible, DisconnectReason> {
+    ) -> Result<BytesMut, DisconnectReason> {
         if let Err(e) = link.handshake().await {
             return Err(self.end_reason(id).unwrap_or_else(|| DisconnectReason::Io(format!("TLS handshake: {e}"))));
         }
@@ -221,7 +229,7 @@ impl<H: Handler> Shard<H> {
         };
         buf.advance(head_len);
         if !request.wants_upgrade() {
-            return Err(self.serve_http(id, link, &request, buf, peer).await);
+            return Err(Box::pin(self.serve_http(id, link, &request, buf, peer)).await);
         }
         if let Some(path) = &self.config.path
             && request.path() != path
@@ -263,7 +271,11 @@ impl<H: Handler> Shard<H> {
         self.stats.handshakes_accepted.add(1);
         self.stats.websockets.add(1);
         self.with_connection(id, |handler, conn| handler.on_handshake_response_sent(conn));
-        self.message_loop(id, link, buf).await
+        if buf.is_empty() {
+            // Drop the handshake's buffer; the message loop starts small.
+            buf = BytesMut::new();
+        }
+        Ok(buf)
     }
 
     async fn message_loop(
@@ -285,7 +297,7 @@ impl<H: Handler> Shard<H> {
                         tracing::debug!(shard = self.index, %id, error = %e, "protocol error");
                         let close = PreparedMessage::close(e.close_code(), &e.to_string()).into_bytes();
                         self.with_connection(id, |_, conn| conn.shard.start_close(conn.conn, close));
-                        self.drain(id).await;
+                        Box::pin(self.drain(id)).await;
                         return Err(DisconnectReason::Protocol(e));
                     }
                 }
@@ -373,7 +385,7 @@ impl<H: Handler> Shard<H> {
                     // answers, the peer hangs up or the deadline passes.
                     Some((false, false)) => {}
                     Some((false, true)) => {
-                        self.drain(id).await;
+                        Box::pin(self.drain(id)).await;
                         return Err(DisconnectReason::Closed(code));
                     }
                 }
