@@ -82,6 +82,8 @@ pub(crate) struct ConnState<D> {
     pub(crate) end_reason: Option<DisconnectReason>,
     /// Woken when the writer empties the queue (used while closing).
     pub(crate) drain_waker: Option<Waker>,
+    /// Topics this connection subscribed to (also indexed by the shard).
+    pub(crate) topics: Vec<Rc<str>>,
 }
 
 impl<D: Default> ConnState<D> {
@@ -103,6 +105,7 @@ impl<D: Default> ConnState<D> {
             last_read: Instant::now(),
             end_reason: None,
             drain_waker: None,
+            topics: Vec::new(),
         }
     }
 }
@@ -284,6 +287,37 @@ impl<H: Handler> Connection<'_, H> {
 
     fn broadcast(&self, message: PreparedMessage, target: Target<H>) {
         self.shard.defer_broadcast(message.into_bytes(), target);
+    }
+
+    /// Subscribes this connection to `topic`: messages published to it (from any worker)
+    /// reach this connection. Returns `false` if it was already subscribed.
+    pub fn subscribe(&mut self, topic: &str) -> bool {
+        self.conn.phase == Phase::Open && self.shard.subscribe(self.conn, topic)
+    }
+
+    /// Unsubscribes this connection from `topic`. Returns `false` if it was not subscribed.
+    pub fn unsubscribe(&mut self, topic: &str) -> bool {
+        self.shard.unsubscribe(self.conn, topic)
+    }
+
+    /// The topics this connection is subscribed to.
+    pub fn topics(&self) -> impl Iterator<Item = &str> {
+        self.conn.topics.iter().map(|t| &**t)
+    }
+
+    /// Publishes a text message to every subscriber of `topic`, on every worker.
+    pub fn publish_text(&self, topic: &str, text: &str) {
+        self.broadcast(PreparedMessage::text(text, self.shard.config.split), Target::Topic(topic.into()));
+    }
+
+    /// Publishes a binary message to every subscriber of `topic`, on every worker.
+    pub fn publish_binary(&self, topic: &str, data: &[u8]) {
+        self.broadcast(PreparedMessage::binary(data, self.shard.config.split), Target::Topic(topic.into()));
+    }
+
+    /// Publishes an encoded message to every subscriber of `topic`, on every worker.
+    pub fn publish_prepared(&self, topic: &str, message: &PreparedMessage) {
+        self.broadcast(message.clone(), Target::Topic(topic.into()));
     }
 
     /// A handle for sending to any connection from anywhere, e.g. another thread.

@@ -60,6 +60,7 @@ pub(crate) enum Target<H: Handler> {
     All,
     AllExcept(ConnectionId),
     One(ConnectionId),
+    Topic(Arc<str>),
     Select(Selector<H>),
 }
 
@@ -69,6 +70,7 @@ impl<H: Handler> Clone for Target<H> {
             Target::All => Target::All,
             Target::AllExcept(id) => Target::AllExcept(*id),
             Target::One(id) => Target::One(*id),
+            Target::Topic(topic) => Target::Topic(topic.clone()),
             Target::Select(selector) => Target::Select(selector.clone()),
         }
     }
@@ -80,6 +82,7 @@ impl<H: Handler> Target<H> {
             Target::All => true,
             Target::AllExcept(id) => conn.id() != *id,
             Target::One(id) => conn.id() == *id,
+            Target::Topic(topic) => conn.conn.topics.iter().any(|t| **t == **topic),
             Target::Select(selector) => selector(conn),
         }
     }
@@ -146,6 +149,22 @@ impl<H: Handler> Broadcaster<H> {
     /// Sends an encoded message to the connections `selector` picks.
     pub fn send_prepared_to(&self, message: &PreparedMessage, selector: Selector<H>) {
         self.send(message.as_bytes().clone(), Target::Select(selector));
+    }
+
+    /// Publishes a text message to every subscriber of `topic`
+    /// (see [`Connection::subscribe`](crate::Connection::subscribe)).
+    pub fn publish_text(&self, topic: &str, text: &str) {
+        self.send(PreparedMessage::text(text, self.router.split).into_bytes(), Target::Topic(topic.into()));
+    }
+
+    /// Publishes a binary message to every subscriber of `topic`.
+    pub fn publish_binary(&self, topic: &str, data: &[u8]) {
+        self.send(PreparedMessage::binary(data, self.router.split).into_bytes(), Target::Topic(topic.into()));
+    }
+
+    /// Publishes an encoded message to every subscriber of `topic`.
+    pub fn publish_prepared(&self, topic: &str, message: &PreparedMessage) {
+        self.send(message.as_bytes().clone(), Target::Topic(topic.into()));
     }
 
     /// Sends an encoded message to one connection.

@@ -5,6 +5,7 @@
 //! shards reach this one through its command channel, one message per broadcast.
 
 use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::future::poll_fn;
 use std::net::SocketAddr;
@@ -64,6 +65,8 @@ pub(crate) struct Shard<H: Handler> {
     deferred: RefCell<Vec<(Bytes, Target<H>)>>,
     stopping: Cell<bool>,
     per_shard_limit: usize,
+    /// Topic → subscribed connections of this shard.
+    topics: RefCell<HashMap<Rc<str>, HashSet<ConnectionId>>>,
 }
 
 impl<H: Handler> Shard<H> {
@@ -92,6 +95,7 @@ impl<H: Handler> Shard<H> {
             deferred: RefCell::new(Vec::new()),
             stopping: Cell::new(false),
             per_shard_limit,
+            topics: RefCell::new(HashMap::new()),
         }
     }
 
@@ -492,6 +496,14 @@ impl<H: Handler> Shard<H> {
                     let _ = self.enqueue(conn, OutFrame::new(message.clone()));
                 }
             }
+            Target::Topic(topic) => {
+                let topics = self.topics.borrow();
+                for id in topics.get(&**topic).into_iter().flatten() {
+                    if let Some(conn) = table.get_mut(*id).filter(|c| c.accepts_data()) {
+                        let _ = self.enqueue(conn, OutFrame::new(message.clone()));
+                    }
+                }
+            }
             _ => {
                 for (_, conn) in table.conns.iter_mut() {
                     if conn.accepts_data() && target.matches(&ConnectionRef { conn }) {
@@ -531,6 +543,37 @@ impl<H: Handler> Shard<H> {
         if !conn.writing {
             conn.writing = true;
             tokio::task::spawn_local(self.clone().write_loop(conn.id, conn.link.clone()));
+        }
+    }
+
+    pub(crate) fn subscribe(&self, conn: &mut ConnState<H::Data>, topic: &str) -> bool {
+        if conn.topics.iter().any(|t| &**t == topic) {
+            return false;
+        }
+        let mut topics = self.topics.borrow_mut();
+        let key = match topics.get_key_value(topic) {
+            Some((key, _)) => key.clone(),
+            None => Rc::from(topic),
+        };
+        topics.entry(key.clone()).or_default().insert(conn.id);
+        conn.topics.push(key);
+        true
+    }
+
+    pub(crate) fn unsubscribe(&self, conn: &mut ConnState<H::Data>, topic: &str) -> bool {
+        let Some(position) = conn.topics.iter().position(|t| &**t == topic) else { return false };
+        conn.topics.swap_remove(position);
+        self.remove_member(topic, conn.id);
+        true
+    }
+
+    fn remove_member(&self, topic: &str, id: ConnectionId) {
+        let mut topics = self.topics.borrow_mut();
+        if let Some(members) = topics.get_mut(topic) {
+            members.remove(&id);
+            if members.is_empty() {
+                topics.remove(topic);
+            }
         }
     }
 
@@ -644,6 +687,9 @@ impl<H: Handler> Shard<H> {
         }
         conn.phase = Phase::Gone;
         conn.queue.clear();
+        for topic in std::mem::take(&mut conn.topics) {
+            self.remove_member(&topic, id);
+        }
         tracing::trace!(shard = self.index, %id, ?reason, "disconnected");
         self.handler.on_disconnect(&mut Connection { shard: self, conn: &mut conn }, &reason);
         self.apply_deferred();
