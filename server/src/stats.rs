@@ -63,6 +63,8 @@ pub struct ShardStats {
     pub protocol_errors: Counter,
     /// Publish-to-write latency histogram (see [`LATENCY_BUCKETS`]).
     pub latency_us: [Counter; LATENCY_BUCKETS],
+    /// Sum of all recorded publish-to-write latencies, in microseconds.
+    pub latency_sum_us: Counter,
     /// 1 when the shard runs on io_uring, 0 on epoll.
     pub io_uring: Counter,
 }
@@ -73,6 +75,7 @@ impl ShardStats {
         let micros = latency.as_micros().max(1) as u64;
         let bucket = (64 - (micros - 1).leading_zeros() as usize).min(LATENCY_BUCKETS - 1);
         self.latency_us[bucket].add(messages);
+        self.latency_sum_us.add(micros * messages);
     }
 }
 
@@ -107,6 +110,8 @@ pub struct Stats {
     pub protocol_errors: u64,
     /// Publish-to-write latency histogram, bucket `i` = within `2^i` µs.
     pub latency_us: [u64; LATENCY_BUCKETS],
+    /// Sum of the recorded latencies in microseconds.
+    pub latency_sum_us: u64,
 }
 
 impl Stats {
@@ -126,6 +131,7 @@ impl Stats {
             stats.dropped_messages += shard.dropped_messages.get();
             stats.slow_consumer_disconnects += shard.slow_consumer_disconnects.get();
             stats.protocol_errors += shard.protocol_errors.get();
+            stats.latency_sum_us += shard.latency_sum_us.get();
             for (total, bucket) in stats.latency_us.iter_mut().zip(&shard.latency_us) {
                 *total += bucket.get();
             }

@@ -1,0 +1,184 @@
+//! `ringcast serve`: the fan-out service. See `ringcast serve --help`.
+#![forbid(unsafe_code)]
+
+mod metrics;
+mod service;
+mod settings;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use ringcast::{Broadcaster, IoBackend, Server, ServerHandle, SlowConsumerPolicy, TlsFiles};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use service::{Role, Service, ServiceCounters};
+use settings::{Cli, Command, Io, LogFormat, ServeArgs, SlowConsumer};
+
+fn main() -> ExitCode {
+    let Command::Serve(args) = Cli::parse().command;
+    let args = match args.resolve() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("ringcast: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(args.log_format.unwrap_or_default());
+    match serve(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
+    raise_file_limit();
+    let mode = args.mode.unwrap_or_default();
+    let status_page = args.status_page.unwrap_or(true);
+    let service = Service {
+        mode,
+        path: normalize(args.path.as_deref().unwrap_or("/")),
+        publish_path: normalize(args.publish_path.as_deref().unwrap_or("/publish")),
+        token: args.publish_token.clone(),
+        status_page,
+        counters: ServiceCounters::default(),
+    };
+    if args.cluster.is_some() {
+        return Err("--cluster is not available in this build".into());
+    }
+    let server = builder(&args)?.start(service)?;
+    tracing::info!(
+        addr = %server.local_addr(),
+        ?mode,
+        workers = server.backends().len(),
+        backends = ?server.backends(),
+        "ringcast started"
+    );
+    if status_page {
+        let broadcaster = server.broadcaster();
+        std::thread::Builder::new().name("ringcast-status".into()).spawn(move || status_feed(broadcaster))?;
+    }
+    wait_for_signal(&server)?;
+    tracing::info!("stopping: closing every connection with 1001");
+    let started = Instant::now();
+    server.stop();
+    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "ringcast stopped");
+    Ok(())
+}
+
+fn normalize(path: &str) -> String {
+    if path.starts_with('/') { path.to_owned() } else { format!("/{path}") }
+}
+
+fn builder(args: &ServeArgs) -> Result<ringcast::ServerBuilder, Box<dyn std::error::Error>> {
+    let mut builder = Server::builder()
+        .port(args.port.unwrap_or(ringcast::DEFAULT_PORT))
+        .split_messages(args.split_frame_size)?
+        .slow_consumer(match args.slow_consumer.unwrap_or_default() {
+            SlowConsumer::Drop => SlowConsumerPolicy::DropNew,
+            SlowConsumer::Disconnect => SlowConsumerPolicy::Disconnect,
+        })
+        .io_backend(match args.io.unwrap_or_default() {
+            Io::Auto => IoBackend::Auto,
+            Io::IoUring => IoBackend::IoUring,
+            Io::Epoll => IoBackend::Epoll,
+        })
+        .idle_timeout(args.idle_timeout);
+    if let Some(bind) = args.bind {
+        builder = builder.bind(bind);
+    }
+    if let Some(workers) = args.workers {
+        builder = builder.workers(workers);
+    }
+    if let Some(bytes) = args.max_frame_size {
+        builder = builder.max_frame_size(bytes);
+    }
+    if let Some(bytes) = args.max_message_size {
+        builder = builder.max_message_size(bytes);
+    }
+    if let Some(bytes) = args.send_queue_limit {
+        builder = builder.send_queue_limit(bytes);
+    }
+    if let Some(max) = args.max_connections {
+        builder = builder.max_connections(max);
+    }
+    if let Some(timeout) = args.handshake_timeout {
+        builder = builder.handshake_timeout(timeout);
+    }
+    if let Some(timeout) = args.close_timeout {
+        builder = builder.close_timeout(timeout);
+    }
+    if let (Some(certificate), Some(private_key)) = (&args.tls_cert, &args.tls_key) {
+        builder = builder.tls(TlsFiles {
+            certificate: certificate.clone(),
+            private_key: private_key.clone(),
+            root_certificate: args.tls_root.clone(),
+        });
+    }
+    Ok(builder)
+}
+
+/// Raises the open-file soft limit to the hard limit: each connection is a descriptor.
+fn raise_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(
+            open_files = limit,
+            "open-file limit raised to the hard limit: room for about {} connections",
+            limit.saturating_sub(64)
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
+}
+
+fn wait_for_signal(server: &ServerHandle<Service>) -> std::io::Result<()> {
+    let mut signals = Signals::new([SIGTERM, SIGINT])?;
+    if let Some(signal) = signals.forever().next() {
+        let name = if signal == SIGTERM { "SIGTERM" } else { "SIGINT" };
+        tracing::info!(signal = name, connections = server.stats().total_connections(), "signal received");
+    }
+    Ok(())
+}
+
+/// Pushes a JSON snapshot of the counters to the status page's feed every second.
+fn status_feed(broadcaster: Broadcaster<Service>) {
+    let mut last = broadcaster.stats();
+    let mut last_time = Instant::now();
+    let selector: ringcast::Selector<Service> = Arc::new(|c| c.data().role == Role::StatusFeed);
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let stats = broadcaster.stats();
+        let elapsed = last_time.elapsed().as_secs_f64();
+        last_time = Instant::now();
+        let rate = |now: u64, then: u64| now.saturating_sub(then) as f64 / elapsed;
+        let backends: Vec<String> =
+            stats.io_uring.iter().map(|u| format!("\"{}\"", if *u { "io_uring" } else { "epoll" })).collect();
+        let json = format!(
+            "{{\"websockets\":{},\"connections\":{:?},\"messages_in_per_s\":{:.1},\"messages_out_per_s\":{:.1},\"bytes_out_per_s\":{:.1},\"dropped_messages\":{},\"backends\":[{}]}}",
+            stats.websockets,
+            stats.connections,
+            rate(stats.messages_in, last.messages_in),
+            rate(stats.messages_out, last.messages_out),
+            rate(stats.bytes_out, last.bytes_out),
+            stats.dropped_messages,
+            backends.join(",")
+        );
+        broadcaster.send_prepared_to(&ringcast::PreparedMessage::text(&json, ringcast::Split::Whole), selector.clone());
+        last = stats;
+    }
+}

@@ -1,0 +1,280 @@
+//! The service's handler: broadcast, relay, pub/sub and echo modes, plus its HTTP
+//! endpoints (POST /publish, /metrics, /healthz, the status page).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ringcast::{Allow, Connection, Handler, HttpRequest, HttpResponse, PreparedMessage, Request};
+use simd_json::prelude::*;
+
+use crate::metrics;
+use crate::settings::Mode;
+
+/// The WebSocket path of the status page's live feed.
+pub const STATUS_FEED_PATH: &str = "/_status";
+
+const STATUS_PAGE: &str = include_str!("status.html");
+
+/// What a connection is to the service.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A client of the relay, pub/sub or echo modes.
+    #[default]
+    Client,
+    /// Broadcast mode: receives what publishers send.
+    Subscriber,
+    /// Broadcast mode: sends what subscribers receive.
+    Publisher,
+    /// The status page's live feed.
+    StatusFeed,
+}
+
+/// Per-connection state.
+#[derive(Debug, Default)]
+pub struct Peer {
+    pub role: Role,
+}
+
+/// Counters of the service itself (the server keeps the transport's).
+#[derive(Debug, Default)]
+pub struct ServiceCounters {
+    /// Messages accepted for fan-out (WebSocket publishers, POST /publish, relay, topics).
+    pub published: AtomicU64,
+    /// Pub/sub control messages that were not understood.
+    pub bad_requests: AtomicU64,
+}
+
+pub struct Service {
+    pub mode: Mode,
+    pub path: String,
+    pub publish_path: String,
+    pub token: Option<String>,
+    pub status_page: bool,
+    pub counters: ServiceCounters,
+}
+
+/// Whether a request carries the publish token (`?token=` or `Authorization: Bearer`).
+enum TokenCheck {
+    Ok,
+    Missing,
+    Wrong,
+}
+
+impl Service {
+    fn check_token(&self, request: &Request) -> TokenCheck {
+        let Some(expected) = &self.token else { return TokenCheck::Ok };
+        let offered = request
+            .query_param("token")
+            .or_else(|| request.header("authorization").and_then(|h| h.strip_prefix("Bearer ")).map(str::trim));
+        match offered {
+            None => TokenCheck::Missing,
+            Some(token) if token.as_bytes() == expected.as_bytes() => TokenCheck::Ok,
+            Some(_) => TokenCheck::Wrong,
+        }
+    }
+
+    fn is_status_feed(&self, path: &str) -> bool {
+        self.status_page && path == STATUS_FEED_PATH
+    }
+
+    /// Broadcast mode: a publisher's message goes to every subscriber, encoded once.
+    fn fan_out(&self, conn: &Connection<'_, Self>, message: PreparedMessage) {
+        self.counters.published.fetch_add(1, Ordering::Relaxed);
+        conn.send_to(&message, |c| c.data().role == Role::Subscriber);
+    }
+
+    fn pubsub(&self, conn: &mut Connection<'_, Self>, text: &str) {
+        let mut bytes = text.as_bytes().to_vec();
+        let reply = match simd_json::to_borrowed_value(&mut bytes) {
+            Err(e) => Err(format!("malformed JSON: {e}")),
+            Ok(request) => {
+                let op = request.get("op").and_then(|v| v.as_str());
+                let topic = request.get("topic").and_then(|v| v.as_str());
+                match (op, topic) {
+                    (_, Some(topic)) if topic.is_empty() || topic.len() > 256 => {
+                        Err("topic must be 1 to 256 bytes".to_owned())
+                    }
+                    (Some("subscribe"), Some(topic)) => {
+                        conn.subscribe(topic);
+                        Ok(event("subscribed", topic))
+                    }
+                    (Some("unsubscribe"), Some(topic)) => {
+                        conn.unsubscribe(topic);
+                        Ok(event("unsubscribed", topic))
+                    }
+                    (Some("publish"), Some(topic)) => {
+                        let data = request.get("data").map_or_else(|| "null".to_owned(), |d| d.encode());
+                        self.counters.published.fetch_add(1, Ordering::Relaxed);
+                        conn.publish_text(topic, &topic_message(topic, &data));
+                        return;
+                    }
+                    (Some(op), _) if !matches!(op, "subscribe" | "unsubscribe" | "publish") => {
+                        Err(format!("unknown op {op:?}; expected subscribe, unsubscribe or publish"))
+                    }
+                    _ => Err("expected {\"op\": ..., \"topic\": ...}".to_owned()),
+                }
+            }
+        };
+        let reply = reply.unwrap_or_else(|error| {
+            self.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+            format!("{{\"event\":\"error\",\"error\":{}}}", json_string(&error))
+        });
+        let _ = conn.send_text(&reply);
+    }
+
+    fn http_publish(&self, http: &HttpRequest<'_, Self>) -> HttpResponse {
+        let head = http.head();
+        match self.check_token(head) {
+            TokenCheck::Ok => {}
+            TokenCheck::Missing => return HttpResponse::text(401, "publish token required\n"),
+            TokenCheck::Wrong => return HttpResponse::text(403, "wrong publish token\n"),
+        }
+        let body = http.body();
+        let binary = matches!(head.query_param("binary"), Some("1" | "true"));
+        let text = std::str::from_utf8(body);
+        if !binary && text.is_err() {
+            return HttpResponse::text(400, "body is not UTF-8; add ?binary=1 to publish binary\n");
+        }
+        let broadcaster = http.broadcaster();
+        let split = broadcaster.split();
+        match self.mode {
+            Mode::Broadcast => {
+                let message = match text {
+                    Ok(text) if !binary => PreparedMessage::text(text, split),
+                    _ => PreparedMessage::binary(body, split),
+                };
+                broadcaster.send_prepared_to(&message, std::sync::Arc::new(|c| c.data().role == Role::Subscriber));
+            }
+            Mode::Pubsub => {
+                let Some(topic) = head.query_param("topic").filter(|t| !t.is_empty()) else {
+                    return HttpResponse::text(400, "?topic= is required in pubsub mode\n");
+                };
+                let mut json = body.to_vec();
+                let data = match simd_json::to_borrowed_value(&mut json) {
+                    Ok(value) => value.encode(),
+                    Err(_) => json_string(&String::from_utf8_lossy(body)),
+                };
+                broadcaster.publish_text(topic, &topic_message(topic, &data));
+            }
+            Mode::Relay | Mode::Echo => {
+                let message = match text {
+                    Ok(text) if !binary => PreparedMessage::text(text, split),
+                    _ => PreparedMessage::binary(body, split),
+                };
+                broadcaster.send_prepared_to(&message, std::sync::Arc::new(|c| c.data().role == Role::Client));
+            }
+        }
+        self.counters.published.fetch_add(1, Ordering::Relaxed);
+        HttpResponse::json(202, format!("{{\"accepted\":true,\"bytes\":{}}}", body.len()))
+    }
+}
+
+fn event(name: &str, topic: &str) -> String {
+    format!("{{\"event\":{},\"topic\":{}}}", json_string(name), json_string(topic))
+}
+
+/// What subscribers of `topic` receive: `{"topic": ..., "data": ...}`, built once per publish.
+fn topic_message(topic: &str, data_json: &str) -> String {
+    format!("{{\"topic\":{},\"data\":{data_json}}}", json_string(topic))
+}
+
+fn json_string(text: &str) -> String {
+    simd_json::BorrowedValue::from(text).encode()
+}
+
+impl Handler for Service {
+    type Data = Peer;
+
+    fn allow(&self, request: &Request, _peer: SocketAddr) -> Allow {
+        let path = request.path();
+        if self.is_status_feed(path) {
+            return Allow::Yes;
+        }
+        if self.mode == Mode::Broadcast && path == self.publish_path {
+            return match self.check_token(request) {
+                TokenCheck::Ok => Allow::Yes,
+                TokenCheck::Missing => Allow::Status(401),
+                TokenCheck::Wrong => Allow::Status(403),
+            };
+        }
+        if path == self.path { Allow::Yes } else { Allow::Status(404) }
+    }
+
+    fn on_handshake_response_sent(&self, conn: &mut Connection<'_, Self>) {
+        let path = conn.request().map(|r| r.path().to_owned()).unwrap_or_default();
+        conn.data_mut().role = if self.is_status_feed(&path) {
+            Role::StatusFeed
+        } else if self.mode == Mode::Broadcast {
+            if path == self.publish_path { Role::Publisher } else { Role::Subscriber }
+        } else {
+            Role::Client
+        };
+    }
+
+    fn on_text(&self, conn: &mut Connection<'_, Self>, text: &str) {
+        match (self.mode, conn.data().role) {
+            (_, Role::StatusFeed) => {}
+            (Mode::Broadcast, Role::Publisher) => {
+                self.fan_out(conn, PreparedMessage::text(text, conn.broadcaster().split()));
+            }
+            (Mode::Broadcast, _) => {}
+            (Mode::Relay, _) => {
+                self.counters.published.fetch_add(1, Ordering::Relaxed);
+                conn.relay_text(text);
+            }
+            (Mode::Pubsub, _) => self.pubsub(conn, text),
+            (Mode::Echo, _) => {
+                let _ = conn.send_text(text);
+            }
+        }
+    }
+
+    fn on_binary(&self, conn: &mut Connection<'_, Self>, data: &[u8]) {
+        match (self.mode, conn.data().role) {
+            (_, Role::StatusFeed) => {}
+            (Mode::Broadcast, Role::Publisher) => {
+                self.fan_out(conn, PreparedMessage::binary(data, conn.broadcaster().split()));
+            }
+            (Mode::Broadcast, _) => {}
+            (Mode::Relay, _) => {
+                self.counters.published.fetch_add(1, Ordering::Relaxed);
+                conn.relay_binary(data);
+            }
+            (Mode::Pubsub, _) => {
+                self.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+                let _ = conn.send_text(r#"{"event":"error","error":"pubsub mode takes JSON text messages"}"#);
+            }
+            (Mode::Echo, _) => {
+                let _ = conn.send_binary(data);
+            }
+        }
+    }
+
+    fn on_http(&self, http: &HttpRequest<'_, Self>) -> Option<HttpResponse> {
+        let head = http.head();
+        Some(match (head.method(), head.path()) {
+            ("POST", path) if path == self.publish_path => self.http_publish(http),
+            ("GET", "/metrics") => HttpResponse::new(200)
+                .header("Content-Type", "text/plain; version=0.0.4")
+                .body(metrics::render(&http.broadcaster().stats(), &self.counters).into_bytes()),
+            ("GET", "/healthz") => HttpResponse::text(200, "ok\n"),
+            ("GET", "/") if self.status_page => HttpResponse::html(200, STATUS_PAGE),
+            ("GET", path) if path == self.path => return None,
+            _ => HttpResponse::text(404, "not found\n"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_messages_are_valid_json() {
+        let message = topic_message("a\"b", "{\"x\":1}");
+        let mut bytes = message.clone().into_bytes();
+        let value = simd_json::to_borrowed_value(&mut bytes).unwrap();
+        assert_eq!(value.get("topic").and_then(|v| v.as_str()), Some("a\"b"));
+        assert_eq!(value.get("data").and_then(|v| v.get("x")).and_then(|v| v.as_i64()), Some(1));
+    }
+}

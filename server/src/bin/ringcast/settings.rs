@@ -1,0 +1,278 @@
+//! Command-line flags and the TOML config file: the same keys, flags win.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+/// ringcast: a WebSocket fan-out server on io_uring.
+#[derive(Debug, Parser)]
+#[command(name = "ringcast", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server. With no options: port 8888, one worker per core, plain ws,
+    /// broadcast mode (publish on /publish, subscribe on /).
+    Serve(Box<ServeArgs>),
+}
+
+/// What the service does with messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Publishers (publish path, or POST /publish) fan out to every subscriber (main path).
+    #[default]
+    Broadcast,
+    /// Every client message goes to all other clients (a chat relay).
+    Relay,
+    /// Topics: clients send JSON {"op":"subscribe"|"unsubscribe"|"publish","topic":..,"data":..}.
+    Pubsub,
+    /// Every message comes back to its sender (for echo benchmarks and conformance).
+    Echo,
+}
+
+/// What to do with a client whose send queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SlowConsumer {
+    /// Drop new messages for that client until it catches up (counted in /metrics).
+    #[default]
+    Drop,
+    /// Close the client with 1008 (counted in /metrics).
+    Disconnect,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Io {
+    /// io_uring where available, else epoll (RINGCAST_IO=epoll forces epoll).
+    #[default]
+    Auto,
+    /// io_uring or fail.
+    IoUring,
+    /// epoll.
+    Epoll,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `ringcast serve` settings. Every flag can also be set in the TOML file given with
+/// `--config`, under the same name with underscores (e.g. `send_queue_limit = 1048576`);
+/// a flag on the command line overrides the file.
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (flags override it).
+    #[arg(short, long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Address to bind [default: 0.0.0.0].
+    #[arg(long, value_name = "IP")]
+    pub bind: Option<IpAddr>,
+
+    /// Port to listen on; several ringcast processes may share it (SO_REUSEPORT)
+    /// [default: 8888].
+    #[arg(short, long)]
+    pub port: Option<u16>,
+
+    /// Worker threads, each with its own io_uring, listener and connection table
+    /// [default: one per core].
+    #[arg(short, long)]
+    pub workers: Option<usize>,
+
+    /// What the service does with messages [default: broadcast].
+    #[arg(short, long, value_enum)]
+    pub mode: Option<Mode>,
+
+    /// WebSocket path for clients/subscribers; other paths get 404 [default: /].
+    #[arg(long, value_name = "PATH")]
+    pub path: Option<String>,
+
+    /// Broadcast mode: WebSocket path for publishers, also `POST <path>` over HTTP
+    /// [default: /publish].
+    #[arg(long, value_name = "PATH")]
+    pub publish_path: Option<String>,
+
+    /// Require this token from publishers: `?token=...` or `Authorization: Bearer ...`.
+    /// Missing → 401, wrong → 403. Without it anyone may publish.
+    #[arg(long, value_name = "TOKEN", env = "RINGCAST_PUBLISH_TOKEN", hide_env_values = true)]
+    pub publish_token: Option<String>,
+
+    /// Split every outgoing message into frames of at most this many bytes, frame header
+    /// included (minimum 3). Without it each message is one frame.
+    #[arg(long, value_name = "BYTES")]
+    pub split_frame_size: Option<usize>,
+
+    /// Largest frame accepted from a client; larger closes it with 1009 [default: 16777216].
+    #[arg(long, value_name = "BYTES")]
+    pub max_frame_size: Option<usize>,
+
+    /// Largest message accepted from a client; larger closes it with 1009 [default: 16777216].
+    #[arg(long, value_name = "BYTES")]
+    pub max_message_size: Option<usize>,
+
+    /// Unsent bytes allowed per client before the slow-consumer policy applies
+    /// [default: 1048576].
+    #[arg(long, value_name = "BYTES")]
+    pub send_queue_limit: Option<usize>,
+
+    /// Slow-consumer policy: drop new messages for that client, or disconnect it with
+    /// close 1008 [default: drop].
+    #[arg(long, value_enum)]
+    pub slow_consumer: Option<SlowConsumer>,
+
+    /// Most simultaneous connections; more are refused [default: unlimited, bounded by
+    /// the open-file limit].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Time allowed from TCP accept to a complete upgrade request [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde_opt")]
+    pub handshake_timeout: Option<Duration>,
+
+    /// Ping clients silent this long; drop them if silent for another period [default: off].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde_opt")]
+    pub idle_timeout: Option<Duration>,
+
+    /// Time to wait for close replies (and, at shutdown, for clients to drain) [default: 2s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde_opt")]
+    pub close_timeout: Option<Duration>,
+
+    /// TLS certificate chain (PEM). With --tls-key, serves wss://.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM: PKCS#8, RSA or EC).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Root/intermediate CA certificates (PEM) appended to the served chain.
+    #[arg(long, value_name = "FILE")]
+    pub tls_root: Option<PathBuf>,
+
+    /// I/O backend [default: auto].
+    #[arg(long, value_enum)]
+    pub io: Option<Io>,
+
+    /// Serve the live status page at GET / [default: true].
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub status_page: Option<bool>,
+
+    /// Log format [default: text]. The level comes from RUST_LOG (default info).
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    /// Join a cluster of ringcast nodes through Redis pub/sub, e.g. redis://127.0.0.1:6379.
+    #[arg(long, value_name = "URL")]
+    pub cluster: Option<String>,
+}
+
+/// Durations in the TOML file are written like the flags: "10s", "500ms".
+mod humantime_serde_opt {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = Option::<String>::deserialize(d)?;
+        text.map(|t| humantime::parse_duration(&t).map_err(serde::de::Error::custom)).transpose()
+    }
+}
+
+impl ServeArgs {
+    /// Fills every setting not given on the command line from `file`.
+    pub fn or(self, file: ServeArgs) -> ServeArgs {
+        ServeArgs {
+            config: self.config,
+            bind: self.bind.or(file.bind),
+            port: self.port.or(file.port),
+            workers: self.workers.or(file.workers),
+            mode: self.mode.or(file.mode),
+            path: self.path.or(file.path),
+            publish_path: self.publish_path.or(file.publish_path),
+            publish_token: self.publish_token.or(file.publish_token),
+            split_frame_size: self.split_frame_size.or(file.split_frame_size),
+            max_frame_size: self.max_frame_size.or(file.max_frame_size),
+            max_message_size: self.max_message_size.or(file.max_message_size),
+            send_queue_limit: self.send_queue_limit.or(file.send_queue_limit),
+            slow_consumer: self.slow_consumer.or(file.slow_consumer),
+            max_connections: self.max_connections.or(file.max_connections),
+            handshake_timeout: self.handshake_timeout.or(file.handshake_timeout),
+            idle_timeout: self.idle_timeout.or(file.idle_timeout),
+            close_timeout: self.close_timeout.or(file.close_timeout),
+            tls_cert: self.tls_cert.or(file.tls_cert),
+            tls_key: self.tls_key.or(file.tls_key),
+            tls_root: self.tls_root.or(file.tls_root),
+            io: self.io.or(file.io),
+            status_page: self.status_page.or(file.status_page),
+            log_format: self.log_format.or(file.log_format),
+            cluster: self.cluster.or(file.cluster),
+        }
+    }
+
+    /// The command-line settings over those of the `--config` file, if any.
+    pub fn resolve(self) -> Result<ServeArgs, String> {
+        let Some(path) = self.config.clone() else { return Ok(self) };
+        Ok(self.or(load_file(&path)?))
+    }
+}
+
+fn load_file(path: &Path) -> Result<ServeArgs, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("config file {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> ServeArgs {
+        let cli = Cli::try_parse_from([&["ringcast", "serve"], args].concat()).unwrap();
+        let Command::Serve(serve) = cli.command;
+        *serve
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file: ServeArgs = toml::from_str(
+            "port = 9000\nmode = \"pubsub\"\nsend_queue_limit = 4096\nidle_timeout = \"30s\"\nsplit_frame_size = 1024\n",
+        )
+        .unwrap();
+        let merged = parse(&["--port", "9100", "--slow-consumer", "disconnect"]).or(file);
+        assert_eq!(merged.port, Some(9100));
+        assert_eq!(merged.mode, Some(Mode::Pubsub));
+        assert_eq!(merged.send_queue_limit, Some(4096));
+        assert_eq!(merged.idle_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(merged.slow_consumer, Some(SlowConsumer::Disconnect));
+        assert_eq!(merged.split_frame_size, Some(1024));
+    }
+
+    #[test]
+    fn unknown_file_keys_are_errors() {
+        assert!(toml::from_str::<ServeArgs>("prot = 1").is_err());
+    }
+
+    #[test]
+    fn no_arguments_is_valid() {
+        let args = parse(&[]);
+        assert_eq!(args.port, None);
+        assert_eq!(args.mode, None);
+    }
+}
