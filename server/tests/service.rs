@@ -1,0 +1,314 @@
+//! End-to-end tests of the `ringcast` binary, run as a subprocess and driven by
+//! independent peers (Python `websockets`, Node `ws`, headless Chromium, raw HTTP).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use testkit::browser::{PageOpts, run_page};
+use testkit::{ChildGuard, ConnectOpts, Drain, Payload, Peer, free_port, wait_for_port};
+
+/// A running `ringcast serve` process, killed on drop.
+struct Service {
+    child: ChildGuard,
+    port: u16,
+}
+
+impl Service {
+    fn start(args: &[&str]) -> Service {
+        let port = free_port();
+        Self::start_on(port, &[&["--port", &port.to_string()], args].concat())
+    }
+
+    fn start_on(port: u16, args: &[&str]) -> Service {
+        let child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+            .arg("serve")
+            .args(["--bind", "127.0.0.1", "--workers", "2"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start ringcast");
+        wait_for_port(port, Duration::from_secs(10));
+        Service { child: ChildGuard::new(child), port }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("ws://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// One HTTP/1.1 request; returns (status, body).
+    fn http(&self, method: &str, target: &str, body: &[u8]) -> (u16, String) {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let head = format!("{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n", body.len());
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(body).unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).unwrap();
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        (status, body)
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        let (status, text) = self.http("GET", "/metrics", b"");
+        assert_eq!(status, 200);
+        text.lines()
+            .filter(|line| line.starts_with(name) && line[name.len()..].starts_with([' ', '{']))
+            .map(|line| line.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap())
+            .sum()
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(killed.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "ringcast did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn texts(peer: &mut Peer, prefix: &str, each: usize) -> Vec<(String, Vec<String>)> {
+    let drained = peer.drain(&Drain::prefix(prefix).wait_count(each).list());
+    assert!(drained.satisfied, "{prefix}: wanted {each} each, got {:?}", drained.per_conn);
+    let mut by_conn: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for message in drained.messages {
+        if let Payload::Text(text) = message.payload {
+            by_conn.entry(message.id).or_default().push(text);
+        }
+    }
+    by_conn.into_iter().collect()
+}
+
+#[test]
+fn broadcast_mode_fans_out_websocket_and_http_publishes_to_every_subscriber() {
+    let service = Service::start(&["--publish-token", "s3cret"]);
+    let mut subscribers = Peer::python();
+    subscribers.crowd("sub", 50, &service.url("/"), &ConnectOpts::new());
+    let mut publisher = Peer::node();
+    publisher.connect("pub", &service.url("/publish?token=s3cret"), &ConnectOpts::new().collect());
+    for i in 0..20 {
+        publisher.send_text("pub", &format!("ws {i}"));
+    }
+    let (status, _) = service.http("POST", "/publish?token=s3cret", b"over http");
+    assert_eq!(status, 202);
+    let mut expected: Vec<String> = (0..20).map(|i| format!("ws {i}")).collect();
+    expected.push("over http".into());
+    let received = texts(&mut subscribers, "sub", 21);
+    assert_eq!(received.len(), 50);
+    for (id, messages) in received {
+        assert_eq!(messages, expected, "{id}: every message once, in order");
+    }
+    let (status, _) = service.http("POST", "/publish?token=s3cret&binary=1", &[0, 1, 2, 255]);
+    assert_eq!(status, 202);
+    let drained = subscribers.drain(&Drain::prefix("sub").wait_count(1).list());
+    assert_eq!(drained.binary, 50);
+    assert!(drained.messages.iter().all(|m| m.payload == Payload::Binary(vec![0, 1, 2, 255])));
+    // Publishers are not subscribers.
+    assert_eq!(publisher.drain(&Drain::id("pub")).total, 0);
+}
+
+#[test]
+fn publish_token_is_required_on_websocket_and_http() {
+    let service = Service::start(&["--publish-token", "s3cret"]);
+    let mut peer = Peer::python();
+    let missing = peer.try_connect("a", &service.url("/publish"), &ConnectOpts::new()).unwrap_err();
+    assert_eq!(missing.status, Some(401));
+    let wrong = peer.try_connect("b", &service.url("/publish?token=nope"), &ConnectOpts::new()).unwrap_err();
+    assert_eq!(wrong.status, Some(403));
+    peer.connect("c", &service.url("/publish"), &ConnectOpts::new().header("Authorization", "Bearer s3cret"));
+    assert_eq!(service.http("POST", "/publish", b"x").0, 401);
+    assert_eq!(service.http("POST", "/publish?token=nope", b"x").0, 403);
+    assert_eq!(service.http("POST", "/publish?token=s3cret", b"x").0, 202);
+    // Subscribers need no token; unknown paths are 404.
+    peer.connect("sub", &service.url("/"), &ConnectOpts::new());
+    assert_eq!(peer.try_connect("d", &service.url("/elsewhere"), &ConnectOpts::new()).unwrap_err().status, Some(404));
+    assert!(service.metric("ringcast_handshakes_total{result=\"refused\"}") >= 3.0);
+}
+
+#[test]
+fn relay_mode_forwards_to_everyone_but_the_sender() {
+    let service = Service::start(&["--mode", "relay"]);
+    let mut peer = Peer::node();
+    for id in ["a", "b", "c"] {
+        peer.connect(id, &service.url("/"), &ConnectOpts::new().collect());
+    }
+    peer.send_text("a", "from a");
+    peer.send_binary("b", b"from b");
+    let b = peer.drain(&Drain::id("b").wait_count(1).list());
+    let c = peer.drain(&Drain::id("c").wait_count(2).list());
+    let a = peer.drain(&Drain::id("a").wait_count(1).list());
+    assert_eq!(b.messages.iter().map(|m| &m.payload).collect::<Vec<_>>(), [&Payload::Text("from a".into())]);
+    assert_eq!(a.messages.iter().map(|m| &m.payload).collect::<Vec<_>>(), [&Payload::Binary(b"from b".to_vec())]);
+    assert_eq!(c.total, 2);
+}
+
+#[test]
+fn pubsub_topics_are_isolated_and_malformed_json_is_answered() {
+    let service = Service::start(&["--mode", "pubsub"]);
+    let mut peer = Peer::python();
+    for id in ["a1", "a2", "b1", "p"] {
+        peer.connect(id, &service.url("/"), &ConnectOpts::new());
+    }
+    for (id, topic) in [("a1", "a"), ("a2", "a"), ("b1", "b")] {
+        peer.send_text(id, &format!(r#"{{"op":"subscribe","topic":"{topic}"}}"#));
+        assert_eq!(peer.expect_text(id), format!(r#"{{"event":"subscribed","topic":"{topic}"}}"#));
+    }
+    peer.send_text("p", r#"{"op":"publish","topic":"a","data":{"n":1}}"#);
+    peer.send_text("p", r#"{"op":"publish","topic":"b","data":"for b"}"#);
+    assert_eq!(peer.expect_text("a1"), r#"{"topic":"a","data":{"n":1}}"#);
+    assert_eq!(peer.expect_text("a2"), r#"{"topic":"a","data":{"n":1}}"#);
+    assert_eq!(peer.expect_text("b1"), r#"{"topic":"b","data":"for b"}"#);
+    // Over HTTP too.
+    assert_eq!(service.http("POST", "/publish?topic=b", br#"[1,2]"#).0, 202);
+    assert_eq!(peer.expect_text("b1"), r#"{"topic":"b","data":[1,2]}"#);
+    // Malformed control messages get an error and the connection stays usable.
+    peer.send_text("p", "{not json");
+    assert!(peer.expect_text("p").starts_with(r#"{"event":"error","error":"malformed JSON"#));
+    peer.send_text("p", r#"{"op":"dance","topic":"a"}"#);
+    assert!(peer.expect_text("p").contains("unknown op"));
+    peer.send_binary("p", b"\x00");
+    assert!(peer.expect_text("p").contains("JSON text"));
+    peer.send_text("a2", r#"{"op":"unsubscribe","topic":"a"}"#);
+    assert_eq!(peer.expect_text("a2"), r#"{"event":"unsubscribed","topic":"a"}"#);
+    peer.send_text("p", r#"{"op":"publish","topic":"a","data":2}"#);
+    assert_eq!(peer.expect_text("a1"), r#"{"topic":"a","data":2}"#);
+    // Neither the unsubscribed a2 nor b1 (topic b) nor the publisher saw anything more.
+    peer.expect_no_event(|e| matches!(e, testkit::Event::Text { .. }), Duration::from_millis(300));
+    assert_eq!(service.metric("ringcast_bad_requests_total"), 3.0);
+}
+
+#[test]
+fn metrics_move_as_traffic_flows() {
+    let service = Service::start(&[]);
+    let (status, healthz) = service.http("GET", "/healthz", b"");
+    assert_eq!((status, healthz.as_str()), (200, "ok\n"));
+    let sent_before = service.metric("ringcast_messages_sent_total");
+    let mut peer = Peer::python();
+    peer.crowd("s", 10, &service.url("/"), &ConnectOpts::new());
+    assert_eq!(service.metric("ringcast_websockets"), 10.0);
+    peer.connect("pub", &service.url("/publish"), &ConnectOpts::new());
+    for i in 0..5 {
+        peer.send_text("pub", &format!("m{i}"));
+    }
+    peer.drain(&Drain::prefix("s").wait_count(5));
+    assert_eq!(service.metric("ringcast_messages_sent_total") - sent_before, 50.0);
+    assert_eq!(service.metric("ringcast_published_messages_total"), 5.0);
+    assert_eq!(service.metric("ringcast_messages_received_total"), 5.0);
+    assert!(service.metric("ringcast_publish_to_write_seconds_count") >= 50.0);
+    assert_eq!(service.metric("ringcast_connections"), 11.0 + 1.0, "10 subscribers, the publisher, this request");
+    assert_eq!(service.metric("ringcast_io_backend"), 2.0);
+}
+
+#[test]
+fn sigterm_closes_every_client_with_1001_and_exits_zero() {
+    let mut service = Service::start(&[]);
+    let mut python = Peer::python();
+    python.crowd("p", 20, &service.url("/"), &ConnectOpts::new());
+    let mut node = Peer::node();
+    node.connect("n", &service.url("/"), &ConnectOpts::new());
+    let status = service.terminate();
+    assert!(status.success(), "exit status {status}");
+    assert_eq!(node.expect_close("n").0, 1001);
+    let drained = python.drain(&Drain::prefix("p"));
+    assert_eq!(drained.closed.len(), 20, "{:?}", drained.closed);
+    assert!(drained.closed.values().all(|&code| code == 1001), "{:?}", drained.closed);
+}
+
+#[test]
+fn config_file_settings_apply_and_flags_override_them() {
+    let port = free_port();
+    let dir = testkit::temp_dir("ringcast-config");
+    let file = dir.join("ringcast.toml");
+    std::fs::write(&file, format!("port = {port}\nmode = \"echo\"\nsplit_frame_size = 64\npath = \"/ws\"\n")).unwrap();
+    // The file alone: echo mode on /ws.
+    {
+        let service = Service::start_on(port, &["--config", file.to_str().unwrap()]);
+        let mut peer = Peer::node();
+        peer.connect("e", &service.url("/ws"), &ConnectOpts::new());
+        let long = "x".repeat(1000);
+        peer.send_text("e", &long);
+        assert_eq!(peer.expect_text("e"), long, "split into 64-byte frames and reassembled");
+    }
+    // A flag overrides the file's mode; the file's port and path still apply.
+    let service = Service::start_on(port, &["--config", file.to_str().unwrap(), "--mode", "relay"]);
+    let mut peer = Peer::node();
+    peer.connect("a", &service.url("/ws"), &ConnectOpts::new().collect());
+    peer.connect("b", &service.url("/ws"), &ConnectOpts::new().collect());
+    peer.send_text("a", "relayed");
+    assert_eq!(peer.drain(&Drain::id("b").wait_count(1)).total, 1);
+    assert_eq!(peer.drain(&Drain::id("a")).total, 0, "relay does not echo");
+}
+
+#[test]
+fn bad_config_file_fails_with_a_message_naming_it() {
+    let dir = testkit::temp_dir("ringcast-bad-config");
+    let file = dir.join("bad.toml");
+    std::fs::write(&file, "prot = 1\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        .args(["serve", "--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("bad.toml") && stderr.contains("prot"), "{stderr}");
+    let missing = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        .args(["serve", "--config", Path::new("/nonexistent/ringcast.toml").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+}
+
+#[test]
+fn missing_tls_files_fail_at_start_naming_the_file() {
+    let output = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        .args(["serve", "--port", &free_port().to_string(), "--tls-cert", "/nonexistent/cert.pem"])
+        .args(["--tls-key", "/nonexistent/key.pem"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("/nonexistent/cert.pem"), "{stderr}");
+}
+
+#[test]
+fn status_page_shows_live_counts_in_chromium() {
+    let service = Service::start(&[]);
+    let mut peer = Peer::python();
+    peer.crowd("s", 3, &service.url("/"), &ConnectOpts::new());
+    let result = run_page(&format!("http://127.0.0.1:{}/", service.port), &PageOpts::default());
+    assert!(result["updates"].as_u64().unwrap() >= 2, "{result}");
+    // Three subscribers plus the page's own feed connection.
+    assert_eq!(result["last"]["websockets"].as_u64(), Some(4), "{result}");
+    assert_eq!(result["shown"].as_str(), Some("4"), "{result}");
+    assert_eq!(result["last"]["backends"].as_array().map(Vec::len), Some(2), "{result}");
+    let (status, body) = service.http("GET", "/", b"");
+    assert_eq!(status, 200);
+    assert!(body.contains("<title>ringcast status</title>"));
+    drop(service);
+    let quiet = Service::start(&["--status-page", "false"]);
+    assert_eq!(quiet.http("GET", "/", b"").0, 426, "a plain GET on the WebSocket path asks for an upgrade");
+}
+
+#[test]
+fn echo_mode_answers_python_and_node() {
+    let service = Service::start(&["--mode", "echo"]);
+    for mut peer in [Peer::python(), Peer::node()] {
+        peer.connect("e", &service.url("/"), &ConnectOpts::new());
+        peer.send_text("e", "héllo");
+        assert_eq!(peer.expect_text("e"), "héllo");
+        peer.send_binary("e", &[9; 70_000]);
+        assert_eq!(peer.expect_binary("e"), vec![9; 70_000]);
+    }
+}
