@@ -97,6 +97,7 @@ pub(crate) enum Command<H: Handler> {
 }
 
 struct Router<H: Handler> {
+    handler: Arc<H>,
     shards: Vec<UnboundedSender<Command<H>>>,
     stats: Vec<Arc<ShardStats>>,
     split: Split,
@@ -176,6 +177,11 @@ impl<H: Handler> Broadcaster<H> {
                 target: Target::One(id),
             });
         }
+    }
+
+    /// The server's handler, e.g. to reach application state from another thread.
+    pub fn handler(&self) -> &H {
+        &self.router.handler
     }
 
     /// How outgoing messages are split into frames.
@@ -306,9 +312,9 @@ impl ServerBuilder {
         }
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..config.workers).map(|_| unbounded_channel()).unzip();
         let stats: Vec<Arc<ShardStats>> = (0..config.workers).map(|_| Arc::default()).collect();
-        let broadcaster =
-            Broadcaster { router: Arc::new(Router { shards: senders, stats: stats.clone(), split: config.split }) };
         let handler = Arc::new(handler);
+        let router = Router { handler: handler.clone(), shards: senders, stats: stats.clone(), split: config.split };
+        let broadcaster = Broadcaster { router: Arc::new(router) };
         let (ready_tx, ready_rx) = std_mpsc::channel();
         let mut workers = Vec::with_capacity(config.workers);
         for (index, (listener, commands)) in listeners.into_iter().zip(receivers).enumerate() {

@@ -687,11 +687,12 @@ impl<H: Handler> Shard<H> {
         }
         conn.phase = Phase::Gone;
         conn.queue.clear();
+        tracing::trace!(shard = self.index, %id, ?reason, "disconnected");
+        // The handler still sees the connection's topics; the index forgets them after.
+        self.handler.on_disconnect(&mut Connection { shard: self, conn: &mut conn }, &reason);
         for topic in std::mem::take(&mut conn.topics) {
             self.remove_member(&topic, id);
         }
-        tracing::trace!(shard = self.index, %id, ?reason, "disconnected");
-        self.handler.on_disconnect(&mut Connection { shard: self, conn: &mut conn }, &reason);
         self.apply_deferred();
     }
 

@@ -1,6 +1,7 @@
 //! `ringcast serve`: the fan-out service. See `ringcast serve --help`.
 #![forbid(unsafe_code)]
 
+mod cluster;
 mod metrics;
 mod service;
 mod settings;
@@ -14,8 +15,9 @@ use ringcast::{Broadcaster, IoBackend, Server, ServerHandle, SlowConsumerPolicy,
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use cluster::Scope;
 use service::{Role, Service, ServiceCounters};
-use settings::{Cli, Command, Io, LogFormat, ServeArgs, SlowConsumer};
+use settings::{Cli, Command, Io, LogFormat, Mode, ServeArgs, SlowConsumer};
 
 fn main() -> ExitCode {
     let Command::Serve(args) = Cli::parse().command;
@@ -51,6 +53,18 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     raise_file_limit();
     let mode = args.mode.unwrap_or_default();
     let status_page = args.status_page.unwrap_or(true);
+    let (cluster, backbone) = match &args.cluster {
+        Some(url) => {
+            let always = match mode {
+                Mode::Broadcast => vec![Scope::Broadcast],
+                Mode::Relay => vec![Scope::Relay],
+                Mode::Pubsub | Mode::Echo => vec![],
+            };
+            let (cluster, backbone) = cluster::connect(url, &always)?;
+            (Some(cluster), Some(backbone))
+        }
+        None => (None, None),
+    };
     let service = Service {
         mode,
         path: normalize(args.path.as_deref().unwrap_or("/")),
@@ -58,11 +72,13 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         token: args.publish_token.clone(),
         status_page,
         counters: ServiceCounters::default(),
+        cluster,
     };
-    if args.cluster.is_some() {
-        return Err("--cluster is not available in this build".into());
-    }
     let server = builder(&args)?.start(service)?;
+    if let Some(backbone) = backbone {
+        let broadcaster = server.broadcaster();
+        backbone.start(move |inbound| broadcaster.handler().deliver_from_cluster(&broadcaster, inbound))?;
+    }
     tracing::info!(
         addr = %server.local_addr(),
         ?mode,

@@ -5,9 +5,10 @@ use std::sync::atomic::Ordering;
 
 use ringcast::{LATENCY_BUCKETS, Stats};
 
+use crate::cluster::ClusterMetrics;
 use crate::service::ServiceCounters;
 
-pub fn render(stats: &Stats, service: &ServiceCounters) -> String {
+pub fn render(stats: &Stats, service: &ServiceCounters, cluster: Option<&ClusterMetrics>) -> String {
     let mut out = String::with_capacity(4096);
     let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -83,6 +84,46 @@ pub fn render(stats: &Stats, service: &ServiceCounters) -> String {
         "Control messages that were not understood.",
         &[(String::new(), service.bad_requests.load(Ordering::Relaxed))],
     );
+    if let Some(cluster) = cluster {
+        let get = |counter: &std::sync::atomic::AtomicU64| vec![(String::new(), counter.load(Ordering::Relaxed))];
+        metric(
+            "ringcast_cluster_up",
+            "gauge",
+            "1 while this node is connected to the Redis backbone.",
+            &[(String::new(), u64::from(cluster.up.load(Ordering::Relaxed)))],
+        );
+        metric(
+            "ringcast_cluster_published_total",
+            "counter",
+            "Messages sent to other nodes.",
+            &get(&cluster.published),
+        );
+        metric(
+            "ringcast_cluster_publish_failures_total",
+            "counter",
+            "Messages that could not be sent to other nodes (backbone outage).",
+            &get(&cluster.publish_failures),
+        );
+        metric(
+            "ringcast_cluster_received_total",
+            "counter",
+            "Messages received from other nodes.",
+            &get(&cluster.received),
+        );
+        metric(
+            "ringcast_cluster_gaps_total",
+            "counter",
+            "Messages from other nodes that never arrived (sequence gaps).",
+            &get(&cluster.gaps),
+        );
+        metric("ringcast_cluster_reconnects_total", "counter", "Reconnections to Redis.", &get(&cluster.reconnects));
+        metric(
+            "ringcast_cluster_channels",
+            "gauge",
+            "Redis channels subscribed (follows local interest).",
+            &get(&cluster.channels),
+        );
+    }
     let backends: Vec<(String, u64)> = stats
         .io_uring
         .iter()
@@ -125,7 +166,7 @@ mod tests {
             },
             ..Stats::default()
         };
-        let text = render(&stats, &ServiceCounters::default());
+        let text = render(&stats, &ServiceCounters::default(), None);
         assert!(text.contains("ringcast_connections{shard=\"1\"} 4\n"));
         assert!(text.contains("ringcast_messages_sent_total 10\n"));
         assert!(text.contains("ringcast_io_backend{shard=\"1\",backend=\"epoll\"} 1\n"));

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use ringcast::{Allow, Connection, Handler, HttpRequest, HttpResponse, PreparedMessage, Request};
 use simd_json::prelude::*;
 
+use crate::cluster::{Cluster, Scope};
 use crate::metrics;
 use crate::settings::Mode;
 
@@ -51,6 +52,8 @@ pub struct Service {
     pub token: Option<String>,
     pub status_page: bool,
     pub counters: ServiceCounters,
+    /// Other nodes, when running with `--cluster`.
+    pub cluster: Option<Cluster>,
 }
 
 /// Whether a request carries the publish token (`?token=` or `Authorization: Bearer`).
@@ -78,9 +81,46 @@ impl Service {
     }
 
     /// Broadcast mode: a publisher's message goes to every subscriber, encoded once.
-    fn fan_out(&self, conn: &Connection<'_, Self>, message: PreparedMessage) {
+    fn fan_out(&self, conn: &Connection<'_, Self>, message: PreparedMessage, binary: bool, payload: &[u8]) {
         self.counters.published.fetch_add(1, Ordering::Relaxed);
         conn.send_to(&message, |c| c.data().role == Role::Subscriber);
+        self.to_cluster(&Scope::Broadcast, binary, payload);
+    }
+
+    /// Relay mode: to every other client, here and on the other nodes.
+    fn relay(&self, conn: &Connection<'_, Self>, binary: bool, payload: &[u8]) {
+        self.counters.published.fetch_add(1, Ordering::Relaxed);
+        let split = conn.broadcaster().split();
+        let message = if binary {
+            PreparedMessage::binary(payload, split)
+        } else {
+            PreparedMessage::text(&as_text(payload), split)
+        };
+        let sender = conn.id();
+        conn.send_to(&message, move |c| c.id() != sender && c.data().role == Role::Client);
+        self.to_cluster(&Scope::Relay, binary, payload);
+    }
+
+    fn to_cluster(&self, scope: &Scope, binary: bool, payload: &[u8]) {
+        if let Some(cluster) = &self.cluster {
+            cluster.publish(scope, binary, payload);
+        }
+    }
+
+    /// Delivers a message that another node published, encoded once for this node.
+    pub fn deliver_from_cluster(&self, broadcaster: &ringcast::Broadcaster<Self>, inbound: crate::cluster::Inbound) {
+        let split = broadcaster.split();
+        let message = if inbound.binary {
+            PreparedMessage::binary(&inbound.body, split)
+        } else {
+            PreparedMessage::text(&as_text(&inbound.body), split)
+        };
+        let role = match inbound.scope {
+            Scope::Topic(topic) => return broadcaster.publish_prepared(&topic, &message),
+            Scope::Broadcast => Role::Subscriber,
+            Scope::Relay => Role::Client,
+        };
+        broadcaster.send_prepared_to(&message, std::sync::Arc::new(move |c| c.data().role == role));
     }
 
     fn pubsub(&self, conn: &mut Connection<'_, Self>, text: &str) {
@@ -95,17 +135,27 @@ impl Service {
                         Err("topic must be 1 to 256 bytes".to_owned())
                     }
                     (Some("subscribe"), Some(topic)) => {
-                        conn.subscribe(topic);
+                        if conn.subscribe(topic)
+                            && let Some(cluster) = &self.cluster
+                        {
+                            cluster.topic_subscribed(topic);
+                        }
                         Ok(event("subscribed", topic))
                     }
                     (Some("unsubscribe"), Some(topic)) => {
-                        conn.unsubscribe(topic);
+                        if conn.unsubscribe(topic)
+                            && let Some(cluster) = &self.cluster
+                        {
+                            cluster.topic_unsubscribed(topic);
+                        }
                         Ok(event("unsubscribed", topic))
                     }
                     (Some("publish"), Some(topic)) => {
                         let data = request.get("data").map_or_else(|| "null".to_owned(), |d| d.encode());
                         self.counters.published.fetch_add(1, Ordering::Relaxed);
-                        conn.publish_text(topic, &topic_message(topic, &data));
+                        let message = topic_message(topic, &data);
+                        conn.publish_text(topic, &message);
+                        self.to_cluster(&Scope::Topic(topic.to_owned()), false, message.as_bytes());
                         return;
                     }
                     (Some(op), _) if !matches!(op, "subscribe" | "unsubscribe" | "publish") => {
@@ -137,13 +187,14 @@ impl Service {
         }
         let broadcaster = http.broadcaster();
         let split = broadcaster.split();
+        let encode = || match text {
+            Ok(text) if !binary => PreparedMessage::text(text, split),
+            _ => PreparedMessage::binary(body, split),
+        };
         match self.mode {
             Mode::Broadcast => {
-                let message = match text {
-                    Ok(text) if !binary => PreparedMessage::text(text, split),
-                    _ => PreparedMessage::binary(body, split),
-                };
-                broadcaster.send_prepared_to(&message, std::sync::Arc::new(|c| c.data().role == Role::Subscriber));
+                broadcaster.send_prepared_to(&encode(), std::sync::Arc::new(|c| c.data().role == Role::Subscriber));
+                self.to_cluster(&Scope::Broadcast, binary, body);
             }
             Mode::Pubsub => {
                 let Some(topic) = head.query_param("topic").filter(|t| !t.is_empty()) else {
@@ -154,19 +205,26 @@ impl Service {
                     Ok(value) => value.encode(),
                     Err(_) => json_string(&String::from_utf8_lossy(body)),
                 };
-                broadcaster.publish_text(topic, &topic_message(topic, &data));
+                let message = topic_message(topic, &data);
+                broadcaster.publish_text(topic, &message);
+                self.to_cluster(&Scope::Topic(topic.to_owned()), false, message.as_bytes());
             }
             Mode::Relay | Mode::Echo => {
-                let message = match text {
-                    Ok(text) if !binary => PreparedMessage::text(text, split),
-                    _ => PreparedMessage::binary(body, split),
-                };
-                broadcaster.send_prepared_to(&message, std::sync::Arc::new(|c| c.data().role == Role::Client));
+                broadcaster.send_prepared_to(&encode(), std::sync::Arc::new(|c| c.data().role == Role::Client));
+                if self.mode == Mode::Relay {
+                    self.to_cluster(&Scope::Relay, binary, body);
+                }
             }
         }
         self.counters.published.fetch_add(1, Ordering::Relaxed);
         HttpResponse::json(202, format!("{{\"accepted\":true,\"bytes\":{}}}", body.len()))
     }
+}
+
+/// Text received over the WebSocket protocol or from another node's text message is
+/// UTF-8 already; anything else is replaced rather than trusted.
+fn as_text(payload: &[u8]) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(payload)
 }
 
 fn event(name: &str, topic: &str) -> String {
@@ -215,13 +273,10 @@ impl Handler for Service {
         match (self.mode, conn.data().role) {
             (_, Role::StatusFeed) => {}
             (Mode::Broadcast, Role::Publisher) => {
-                self.fan_out(conn, PreparedMessage::text(text, conn.broadcaster().split()));
+                self.fan_out(conn, PreparedMessage::text(text, conn.broadcaster().split()), false, text.as_bytes());
             }
             (Mode::Broadcast, _) => {}
-            (Mode::Relay, _) => {
-                self.counters.published.fetch_add(1, Ordering::Relaxed);
-                conn.relay_text(text);
-            }
+            (Mode::Relay, _) => self.relay(conn, false, text.as_bytes()),
             (Mode::Pubsub, _) => self.pubsub(conn, text),
             (Mode::Echo, _) => {
                 let _ = conn.send_text(text);
@@ -233,13 +288,10 @@ impl Handler for Service {
         match (self.mode, conn.data().role) {
             (_, Role::StatusFeed) => {}
             (Mode::Broadcast, Role::Publisher) => {
-                self.fan_out(conn, PreparedMessage::binary(data, conn.broadcaster().split()));
+                self.fan_out(conn, PreparedMessage::binary(data, conn.broadcaster().split()), true, data);
             }
             (Mode::Broadcast, _) => {}
-            (Mode::Relay, _) => {
-                self.counters.published.fetch_add(1, Ordering::Relaxed);
-                conn.relay_binary(data);
-            }
+            (Mode::Relay, _) => self.relay(conn, true, data),
             (Mode::Pubsub, _) => {
                 self.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
                 let _ = conn.send_text(r#"{"event":"error","error":"pubsub mode takes JSON text messages"}"#);
@@ -250,13 +302,26 @@ impl Handler for Service {
         }
     }
 
+    fn on_disconnect(&self, conn: &mut Connection<'_, Self>, _reason: &ringcast::DisconnectReason) {
+        if let Some(cluster) = &self.cluster {
+            for topic in conn.topics() {
+                cluster.topic_unsubscribed(topic);
+            }
+        }
+    }
+
     fn on_http(&self, http: &HttpRequest<'_, Self>) -> Option<HttpResponse> {
         let head = http.head();
         Some(match (head.method(), head.path()) {
             ("POST", path) if path == self.publish_path => self.http_publish(http),
-            ("GET", "/metrics") => HttpResponse::new(200)
-                .header("Content-Type", "text/plain; version=0.0.4")
-                .body(metrics::render(&http.broadcaster().stats(), &self.counters).into_bytes()),
+            ("GET", "/metrics") => HttpResponse::new(200).header("Content-Type", "text/plain; version=0.0.4").body(
+                metrics::render(
+                    &http.broadcaster().stats(),
+                    &self.counters,
+                    self.cluster.as_ref().map(|c| &*c.metrics),
+                )
+                .into_bytes(),
+            ),
             ("GET", "/healthz") => HttpResponse::text(200, "ok\n"),
             ("GET", "/") if self.status_page => HttpResponse::html(200, STATUS_PAGE),
             ("GET", path) if path == self.path => return None,
