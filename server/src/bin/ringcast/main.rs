@@ -17,7 +17,7 @@ use signal_hook::iterator::Signals;
 
 use cluster::Scope;
 use service::{Role, Service, ServiceCounters};
-use settings::{Cli, Command, Io, LogFormat, Mode, ServeArgs, SlowConsumer};
+use settings::{Backend, Cli, Command, LogFormat, Mode, ServeArgs, SlowConsumer};
 
 fn main() -> ExitCode {
     let Command::Serve(args) = Cli::parse().command;
@@ -111,9 +111,9 @@ fn builder(args: &ServeArgs) -> Result<ringcast::ServerBuilder, Box<dyn std::err
             SlowConsumer::Disconnect => SlowConsumerPolicy::Disconnect,
         })
         .io_backend(match args.io.unwrap_or_default() {
-            Io::Auto => IoBackend::Auto,
-            Io::IoUring => IoBackend::IoUring,
-            Io::Epoll => IoBackend::Epoll,
+            Backend::Auto => IoBackend::Auto,
+            Backend::IoUring => IoBackend::IoUring,
+            Backend::Epoll => IoBackend::Epoll,
         })
         .idle_timeout(args.idle_timeout);
     if let Some(bind) = args.bind {

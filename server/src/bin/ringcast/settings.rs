@@ -50,11 +50,12 @@ pub enum SlowConsumer {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
-pub enum Io {
+pub enum Backend {
     /// io_uring where available, else epoll (RINGCAST_IO=epoll forces epoll).
     #[default]
     Auto,
     /// io_uring or fail.
+    #[value(name = "io_uring")]
     IoUring,
     /// epoll.
     Epoll,
@@ -170,7 +171,7 @@ pub struct ServeArgs {
 
     /// I/O backend [default: auto].
     #[arg(long, value_enum)]
-    pub io: Option<Io>,
+    pub io: Option<Backend>,
 
     /// Serve the live status page at GET / [default: true].
     #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
