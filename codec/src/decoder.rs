@@ -86,6 +86,8 @@ struct PendingFrame {
     header_len: usize,
     /// Payload bytes already unmasked in place in the buffer.
     unmasked: usize,
+    /// Payload bytes already checked as UTF-8 (text frames arriving in pieces).
+    checked: usize,
 }
 
 /// An incremental, sans-IO WebSocket decoder.
@@ -157,7 +159,7 @@ impl Decoder {
                     }
                     HeaderParse::Complete { header, header_len } => {
                         self.assembler.admit(&header)?;
-                        PendingFrame { header, header_len, unmasked: 0 }
+                        PendingFrame { header, header_len, unmasked: 0, checked: 0 }
                     }
                 },
             };
@@ -173,6 +175,13 @@ impl Decoder {
                 pending.unmasked = available;
             }
             if available < payload_len {
+                // Fail fast: invalid UTF-8 at the start of a long text frame ends the
+                // connection without waiting for the rest.
+                if available > pending.checked && self.assembler.carries_text(&pending.header) {
+                    let start = pending.header_len + pending.checked;
+                    self.assembler.check_partial(&pending.header, &buf[start..pending.header_len + available])?;
+                    pending.checked = available;
+                }
                 self.needed = payload_len - available;
                 self.pending = Some(pending);
                 return Ok(None);
@@ -180,7 +189,7 @@ impl Decoder {
             self.pending = None;
             buf.advance(pending.header_len);
             let payload = buf.split_to(payload_len);
-            if let Some(incoming) = self.assembler.push(&pending.header, payload)? {
+            if let Some(incoming) = self.assembler.push_checked(&pending.header, payload, pending.checked)? {
                 self.needed = 2;
                 return Ok(Some(incoming));
             }
@@ -278,6 +287,37 @@ mod tests {
         assert_eq!(unmasked.close_code(), CloseCode::Protocol);
         let close = drain(&mut client(), &[0x88, 0x02, 0x03, 0xe8]).unwrap();
         assert_eq!(close, vec![Incoming::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() }))]);
+    }
+
+    #[test]
+    fn invalid_utf8_fails_before_a_long_text_frame_ends() {
+        let mut text = vec![b'a'; 1000];
+        text[10] = 0xff;
+        let mut wire = vec![0x81, 0x7E, 0x03, 0xE8];
+        wire.extend_from_slice(&text);
+        let mut decoder = client();
+        // Only the first 100 payload bytes have arrived: already an error.
+        let mut buf = BytesMut::from(&wire[..104]);
+        assert_eq!(decoder.decode(&mut buf), Err(ProtocolError::InvalidUtf8));
+        // Valid text arriving in pieces (a code point cut between reads) still decodes.
+        let euro = "€".repeat(400);
+        let message = crate::PreparedMessage::text(&euro, crate::Split::Whole);
+        let mut decoder = client();
+        let mut buf = BytesMut::new();
+        let mut events = Vec::new();
+        for chunk in message.as_bytes().chunks(7) {
+            buf.extend_from_slice(chunk);
+            while let Some(event) = decoder.decode(&mut buf).unwrap() {
+                events.push(event);
+            }
+        }
+        assert_eq!(events, vec![Incoming::Text(euro.as_str().into())]);
+        // A truncated code point at the very end is still caught.
+        let mut decoder = client();
+        let mut buf = BytesMut::from(&[0x81, 0x04, b'a', b'b', 0xe2, 0x82][..3]);
+        assert_eq!(decoder.decode(&mut buf), Ok(None));
+        buf.extend_from_slice(&[b'b', 0xe2, 0x82]);
+        assert_eq!(decoder.decode(&mut buf), Err(ProtocolError::InvalidUtf8));
     }
 
     #[test]

@@ -119,19 +119,59 @@ impl MessageAssembler {
         self.partial.is_some()
     }
 
+    /// Whether the frame `header` announces carries text (a text frame, or a continuation
+    /// of a text message).
+    pub fn carries_text(&self, header: &FrameHeader) -> bool {
+        match header.opcode {
+            OpCode::Text => true,
+            OpCode::Continuation => self.partial.as_ref().is_some_and(|p| p.opcode == OpCode::Text),
+            _ => false,
+        }
+    }
+
+    /// Validates the first bytes of a text frame that is still arriving, so that invalid
+    /// UTF-8 fails the connection before the rest of a long frame is read (RFC 6455 §8.1).
+    /// Pass the count of bytes checked this way to [`MessageAssembler::push_checked`].
+    pub fn check_partial(&mut self, header: &FrameHeader, bytes: &[u8]) -> Result<(), ProtocolError> {
+        if self.carries_text(header) {
+            self.utf8.feed(bytes, false).map_err(|_| ProtocolError::InvalidUtf8)?;
+        }
+        Ok(())
+    }
+
     /// Takes a whole frame (already admitted, payload unmasked) and returns what the
     /// application should see now, if anything.
     pub fn push(&mut self, header: &FrameHeader, payload: BytesMut) -> Result<Option<Incoming>, ProtocolError> {
+        self.push_checked(header, payload, 0)
+    }
+
+    /// Like [`MessageAssembler::push`], for a frame whose first `checked` payload bytes
+    /// already went through [`MessageAssembler::check_partial`].
+    pub fn push_checked(
+        &mut self,
+        header: &FrameHeader,
+        payload: BytesMut,
+        checked: usize,
+    ) -> Result<Option<Incoming>, ProtocolError> {
         self.admit(header)?;
+        let unchecked = payload.get(checked..).unwrap_or_default();
         let incoming = match header.opcode {
             OpCode::Ping => Incoming::Ping(payload.freeze()),
             OpCode::Pong => Incoming::Pong(payload.freeze()),
             OpCode::Close => Incoming::Close(CloseFrame::parse(&payload)?),
-            _ if self.assembly == Assembly::Frames => self.push_fragment(header, payload)?,
-            OpCode::Text | OpCode::Binary if header.fin => whole_message(header.opcode, payload.freeze())?,
+            _ if self.assembly == Assembly::Frames => self.push_fragment(header, payload, checked)?,
+            OpCode::Text | OpCode::Binary if header.fin => {
+                if checked > 0 {
+                    // Started validating while the frame arrived: finish that pass.
+                    let result = self.utf8.feed(unchecked, true);
+                    self.utf8.reset();
+                    result.map_err(|_| ProtocolError::InvalidUtf8)?;
+                }
+                whole_message(header.opcode, payload.freeze())?
+            }
             OpCode::Text | OpCode::Binary => {
                 if header.opcode == OpCode::Text {
-                    self.utf8.feed(&payload, false).map_err(|_| ProtocolError::InvalidUtf8)?;
+                    self.utf8.feed(unchecked, false).map_err(|_| ProtocolError::InvalidUtf8)?;
                 }
                 let len = payload.len() as u64;
                 self.partial = Some(Partial { opcode: header.opcode, len, data: payload });
@@ -142,7 +182,7 @@ impl MessageAssembler {
                     return Err(ProtocolError::UnexpectedContinuation);
                 };
                 if partial.opcode == OpCode::Text {
-                    self.utf8.feed(&payload, header.fin).map_err(|_| ProtocolError::InvalidUtf8)?;
+                    self.utf8.feed(unchecked, header.fin).map_err(|_| ProtocolError::InvalidUtf8)?;
                 }
                 partial.len += payload.len() as u64;
                 partial.data.extend_from_slice(&payload);
@@ -164,13 +204,19 @@ impl MessageAssembler {
         Ok(Some(incoming))
     }
 
-    fn push_fragment(&mut self, header: &FrameHeader, payload: BytesMut) -> Result<Incoming, ProtocolError> {
+    fn push_fragment(
+        &mut self,
+        header: &FrameHeader,
+        payload: BytesMut,
+        checked: usize,
+    ) -> Result<Incoming, ProtocolError> {
         let message_opcode = match header.opcode {
             OpCode::Continuation => self.partial.as_ref().map_or(OpCode::Binary, |p| p.opcode),
             op => op,
         };
         if message_opcode == OpCode::Text {
-            self.utf8.feed(&payload, header.fin).map_err(|_| ProtocolError::InvalidUtf8)?;
+            let unchecked = payload.get(checked..).unwrap_or_default();
+            self.utf8.feed(unchecked, header.fin).map_err(|_| ProtocolError::InvalidUtf8)?;
         }
         let so_far = self.partial.as_ref().map_or(0, |p| p.len);
         if header.fin {
