@@ -58,7 +58,7 @@ pub async fn connect(config: &ClientConfig) -> Result<(Sender, Receiver), Error>
         protocols: &[],
         headers: &headers,
     };
-    let handshake = ClientHandshake::new(&request, rand::random());
+    let handshake = ClientHandshake::new(&request, rand::random()).map_err(|e| Error::InvalidConfig(e.to_string()))?;
     let driver = DriverConfig {
         decoder: Decoder::new(
             DecoderConfig::new(Role::Client)
@@ -306,7 +306,8 @@ mod tests {
     #[tokio::test]
     async fn upgrade_reads_a_split_response_and_keeps_leftover_bytes() {
         use ringcast_codec::handshake::{self, Request, RequestParse, UpgradeChecks};
-        let handshake = ClientHandshake::new(&ClientRequest { host: "h", port: 80, ..Default::default() }, [7; 16]);
+        let handshake =
+            ClientHandshake::new(&ClientRequest { host: "h", port: 80, ..Default::default() }, [7; 16]).unwrap();
         let (mut client, mut server) = tokio::io::duplex(4096);
         let server = tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
@@ -333,7 +334,8 @@ mod tests {
         for (protocol, extra, expected) in
             [(None, "Sec-WebSocket-Extensions: permessage-deflate\r\n", "extension"), (Some("chat"), "", "subprotocol")]
         {
-            let handshake = ClientHandshake::new(&ClientRequest { host: "h", port: 80, ..Default::default() }, [7; 16]);
+            let handshake =
+                ClientHandshake::new(&ClientRequest { host: "h", port: 80, ..Default::default() }, [7; 16]).unwrap();
             let (mut client, mut server) = tokio::io::duplex(4096);
             let server = tokio::spawn(async move {
                 let mut buf = vec![0u8; 4096];
@@ -352,7 +354,8 @@ mod tests {
 
     #[tokio::test]
     async fn upgrade_recognises_tls_records_and_silence() {
-        let handshake = ClientHandshake::new(&ClientRequest { host: "h", port: 80, ..Default::default() }, [7; 16]);
+        let handshake =
+            ClientHandshake::new(&ClientRequest { host: "h", port: 80, ..Default::default() }, [7; 16]).unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         let (mut client, mut server) = tokio::io::duplex(4096);
         server.write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x32]).await.unwrap();

@@ -374,6 +374,67 @@ pub struct ClientRequest<'a> {
     pub headers: &'a [(&'a str, &'a str)],
 }
 
+/// A client request setting that cannot be sent as-is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidRequest {
+    /// The host is empty or contains characters not allowed in a `Host` header.
+    #[error("invalid host {0:?}")]
+    Host(String),
+    /// The path does not start with `/` or contains spaces or control characters.
+    #[error("invalid request path {0:?}: it must start with '/' and contain no spaces or control characters")]
+    Path(String),
+    /// A header name is not an HTTP token.
+    #[error("invalid header name {0:?}")]
+    HeaderName(String),
+    /// A header value (or the origin) contains CR, LF or NUL.
+    #[error("invalid value for header {0:?}: CR, LF and NUL are not allowed")]
+    HeaderValue(String),
+    /// A subprotocol is not an HTTP token.
+    #[error("invalid subprotocol {0:?}")]
+    Protocol(String),
+}
+
+/// RFC 9110 `tchar`.
+fn is_token(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn is_field_value(text: &str) -> bool {
+    !text.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0))
+}
+
+impl ClientRequest<'_> {
+    fn validate(&self) -> Result<(), InvalidRequest> {
+        let host_ok = !self.host.is_empty()
+            && (self.host.parse::<std::net::Ipv6Addr>().is_ok()
+                || self.host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b)));
+        if !host_ok {
+            return Err(InvalidRequest::Host(self.host.to_owned()));
+        }
+        if !self.path.is_empty() && (!self.path.starts_with('/') || self.path.bytes().any(|b| b <= b' ' || b == 0x7f)) {
+            return Err(InvalidRequest::Path(self.path.to_owned()));
+        }
+        if let Some(origin) = self.origin
+            && !is_field_value(origin)
+        {
+            return Err(InvalidRequest::HeaderValue("Origin".to_owned()));
+        }
+        if let Some(protocol) = self.protocols.iter().find(|p| !is_token(p)) {
+            return Err(InvalidRequest::Protocol((*protocol).to_owned()));
+        }
+        for (name, value) in self.headers {
+            if !is_token(name) {
+                return Err(InvalidRequest::HeaderName((*name).to_owned()));
+            }
+            if !is_field_value(value) {
+                return Err(InvalidRequest::HeaderValue((*name).to_owned()));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Why a server's answer to the opening handshake was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -410,11 +471,16 @@ pub struct Response {
 impl ClientHandshake {
     /// Builds a request around `nonce`, which must be 16 random bytes fresh for this
     /// connection (the caller owns the random source; the codec does no I/O).
-    pub fn new(request: &ClientRequest<'_>, nonce: [u8; 16]) -> Self {
+    ///
+    /// # Errors
+    /// A host, path, header, origin or subprotocol that would break the request line or
+    /// inject header lines (CR, LF, spaces where they are not allowed, non-token names).
+    pub fn new(request: &ClientRequest<'_>, nonce: [u8; 16]) -> Result<Self, InvalidRequest> {
+        request.validate()?;
         let key = BASE64.encode(nonce);
         let default_port = if request.secure { 443 } else { 80 };
-        let host = if request.host.contains(':') && !request.host.starts_with('[') {
-            format!("[{}]", request.host) // IPv6 literal
+        let host = if request.host.parse::<std::net::Ipv6Addr>().is_ok() {
+            format!("[{}]", request.host)
         } else {
             request.host.to_owned()
         };
@@ -438,7 +504,7 @@ impl ClientHandshake {
             let _ = write!(out, "{name}: {value}\r\n");
         }
         out.push_str("\r\n");
-        ClientHandshake { expected_accept: accept_key(key.as_bytes()), request: out.into_bytes() }
+        Ok(ClientHandshake { expected_accept: accept_key(key.as_bytes()), request: out.into_bytes() })
     }
 
     /// The request bytes to send.
@@ -453,6 +519,7 @@ impl ClientHandshake {
         let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut fields);
         let head_len = match resp.parse(buf) {
+            Ok(httparse::Status::Complete(n)) if n > MAX_HEAD_LEN => return Err(ClientHandshakeError::HeadTooLarge),
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_LEN => {
                 return Err(ClientHandshakeError::HeadTooLarge);
@@ -597,7 +664,8 @@ Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: ch
                 ..Default::default()
             },
             *b"the sample nonce",
-        );
+        )
+        .unwrap();
         let request = parse(handshake.request());
         assert_eq!(request.host(), Some("example.com:8888"));
         assert_eq!(request.header("x-token"), Some("t"));
@@ -615,7 +683,46 @@ Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: ch
             handshake.parse_response(&HandshakeError::BadKey.response()),
             Err(ClientHandshakeError::Refused { status: 400 })
         );
-        let plain = ClientHandshake::new(&ClientRequest { host: "::1", port: 80, ..Default::default() }, [0; 16]);
+        let plain =
+            ClientHandshake::new(&ClientRequest { host: "::1", port: 80, ..Default::default() }, [0; 16]).unwrap();
         assert!(String::from_utf8_lossy(plain.request()).contains("Host: [::1]\r\n"));
+        // Oversized heads are refused however the bytes arrive.
+        let padded =
+            accept_response("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", None, &format!("X-Pad: {}\r\n", "a".repeat(10_000)));
+        assert_eq!(handshake.parse_response(&padded), Err(ClientHandshakeError::HeadTooLarge));
+    }
+
+    #[test]
+    fn client_requests_cannot_inject_headers() {
+        let base = ClientRequest { host: "example.com", port: 80, ..Default::default() };
+        let build = |request: ClientRequest<'_>| ClientHandshake::new(&request, [0; 16]).map(|_| ());
+        assert_eq!(
+            build(ClientRequest { host: "h\r\nX-Injected: 1", ..base.clone() }),
+            Err(InvalidRequest::Host("h\r\nX-Injected: 1".into()))
+        );
+        assert!(matches!(build(ClientRequest { path: "/a b", ..base.clone() }), Err(InvalidRequest::Path(_))));
+        assert!(matches!(build(ClientRequest { path: "no-slash", ..base.clone() }), Err(InvalidRequest::Path(_))));
+        assert!(matches!(
+            build(ClientRequest { headers: &[("X\r\nY", "v")], ..base.clone() }),
+            Err(InvalidRequest::HeaderName(_))
+        ));
+        assert!(matches!(
+            build(ClientRequest { headers: &[("X", "v\r\nY: z")], ..base.clone() }),
+            Err(InvalidRequest::HeaderValue(_))
+        ));
+        assert!(matches!(
+            build(ClientRequest { origin: Some("o\n"), ..base.clone() }),
+            Err(InvalidRequest::HeaderValue(_))
+        ));
+        assert!(matches!(
+            build(ClientRequest { protocols: &["a b"], ..base.clone() }),
+            Err(InvalidRequest::Protocol(_))
+        ));
+        // A name with a colon is not an IPv6 literal: it is refused, not bracketed.
+        assert!(matches!(
+            build(ClientRequest { host: "example.com:8080", ..base.clone() }),
+            Err(InvalidRequest::Host(_))
+        ));
+        assert!(build(ClientRequest { path: "/chat?room=a%20b", headers: &[("X-Token", "t t")], ..base }).is_ok());
     }
 }
