@@ -124,17 +124,16 @@ pub const fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
-/// A parsed HTTP/1.1 request head, stored compactly: the raw bytes plus offsets.
+/// A parsed HTTP/1.1 request head, stored compactly: the raw bytes, re-parsed on demand.
 ///
 /// Kept for the life of a connection (so handlers can inspect it), hence the layout: one
-/// shared buffer and a few ranges rather than a string per header.
+/// buffer rather than a string per header.
 #[derive(Clone)]
 pub struct Request {
     raw: Bytes,
     method: Range<u16>,
     target: Range<u16>,
     minor_version: u8,
-    headers: Box<[(Range<u16>, Range<u16>)]>,
 }
 
 impl std::fmt::Debug for Request {
@@ -186,9 +185,8 @@ impl Request {
         let method = range(req.method.unwrap_or_default().as_bytes());
         let target = range(req.path.unwrap_or_default().as_bytes());
         let minor_version = req.version.unwrap_or(0);
-        let headers = req.headers.iter().map(|h| (range(h.name.as_bytes()), range(h.value))).collect();
         let raw = Bytes::copy_from_slice(&buf[..head_len]);
-        Ok(RequestParse::Complete { request: Request { raw, method, target, minor_version, headers }, head_len })
+        Ok(RequestParse::Complete { request: Request { raw, method, target, minor_version }, head_len })
     }
 
     fn slice(&self, range: &Range<u16>) -> &[u8] {
@@ -235,8 +233,19 @@ impl Request {
     }
 
     /// Every header as (name, raw value), in order.
+    ///
+    /// The head is kept as raw bytes (one allocation per connection) and parsed again on
+    /// demand: header lookups happen around the handshake, while idle connections are
+    /// the common case and must stay small.
     pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        self.headers.iter().map(|(name, value)| (self.text(name), self.slice(value)))
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut fields);
+        // The bytes parsed successfully once; they are immutable.
+        let headers: Vec<(&str, &[u8])> = match request.parse(&self.raw) {
+            Ok(_) => request.headers.iter().map(|h| (h.name, h.value)).collect(),
+            Err(_) => Vec::new(),
+        };
+        headers.into_iter()
     }
 
     /// The first header named `name` (case-insensitive), as text if it is UTF-8.

@@ -22,24 +22,29 @@ pub(crate) enum Socket {
 impl Socket {
     /// Reads into the spare capacity of `buf` after reserving `reserve` bytes. On epoll
     /// the reservation waits for readiness, so an idle connection holds no buffer.
-    async fn read(&self, buf: &mut BytesMut, reserve: usize) -> io::Result<usize> {
-        match self {
-            Socket::Uring(stream) => {
-                buf.reserve(reserve);
-                let owned = std::mem::take(buf);
-                let start = owned.len();
-                let (result, slice) = stream.read(owned.slice(start..)).await;
-                *buf = slice.into_inner();
-                result
-            }
-            Socket::Epoll(stream) => loop {
-                stream.readable().await?;
-                buf.reserve(reserve);
-                match stream.try_read_buf(buf) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    result => return result,
+    /// (An `async move` block rather than an `async fn`, which would store its arguments
+    /// twice: every idle connection holds this future.)
+    #[expect(clippy::manual_async_fn, reason = "an async fn stores its arguments twice")]
+    fn read<'a>(&'a self, buf: &'a mut BytesMut, reserve: usize) -> impl Future<Output = io::Result<usize>> + 'a {
+        async move {
+            match self {
+                Socket::Uring(stream) => {
+                    buf.reserve(reserve);
+                    let owned = std::mem::take(buf);
+                    let start = owned.len();
+                    let (result, slice) = stream.read(owned.slice(start..)).await;
+                    *buf = slice.into_inner();
+                    result
                 }
-            },
+                Socket::Epoll(stream) => loop {
+                    stream.readable().await?;
+                    buf.reserve(reserve);
+                    match stream.try_read_buf(buf) {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        result => return result,
+                    }
+                },
+            }
         }
     }
 
@@ -105,7 +110,8 @@ struct Tls {
 /// connection's writer task afterwards.
 pub(crate) struct Link {
     socket: Socket,
-    tls: Option<RefCell<Tls>>,
+    /// Boxed: a rustls session is kilobytes, and most connections are plain.
+    tls: Option<Box<RefCell<Tls>>>,
 }
 
 fn tls_error(e: rustls::Error) -> io::Error {
@@ -117,7 +123,7 @@ impl Link {
         let tls = tls.map(|mut session| {
             // Our own send queue bounds what is buffered; rustls must not truncate writes.
             session.set_buffer_limit(None);
-            RefCell::new(Tls { session, incoming: BytesMut::new() })
+            Box::new(RefCell::new(Tls { session, incoming: BytesMut::new() }))
         });
         Link { socket, tls }
     }
@@ -185,11 +191,18 @@ impl Link {
 
     /// Reads application bytes into `buf`, reserving `reserve` bytes first. Returns 0 at
     /// the end of the stream.
-    pub(crate) async fn read(&self, buf: &mut BytesMut, reserve: usize) -> io::Result<usize> {
-        match &self.tls {
-            None => self.socket.read(buf, reserve).await,
-            // Boxed: TLS state must not inflate every plain connection's read future.
-            Some(tls) => Box::pin(self.read_tls(tls, buf, reserve)).await,
+    #[expect(clippy::manual_async_fn, reason = "an async fn stores its arguments twice")]
+    pub(crate) fn read<'a>(
+        &'a self,
+        buf: &'a mut BytesMut,
+        reserve: usize,
+    ) -> impl Future<Output = io::Result<usize>> + 'a {
+        async move {
+            match &self.tls {
+                None => self.socket.read(buf, reserve).await,
+                // Boxed: TLS state must not inflate every plain connection's read future.
+                Some(tls) => Box::pin(self.read_tls(tls, buf, reserve)).await,
+            }
         }
     }
 
@@ -273,5 +286,17 @@ impl Listener {
                 Ok((Socket::Epoll(stream), peer))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every connection holds a `Link`: keep the plain case small (the TLS state is boxed).
+    #[test]
+    fn plain_links_stay_small() {
+        assert!(std::mem::size_of::<Link>() <= 48, "Link is {} bytes", std::mem::size_of::<Link>());
+        assert!(std::mem::size_of::<Tls>() > 256, "the boxed part is the big one");
     }
 }

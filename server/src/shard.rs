@@ -6,7 +6,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
-use std::convert::Infallible;
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -33,6 +32,14 @@ use crate::stats::ShardStats;
 const MAX_READ: usize = 1 << 20;
 /// Reads grow up to this size while traffic fills them.
 const MAX_STEADY_READ: usize = 64 << 10;
+
+/// How a connection's message loop ends.
+enum Ending {
+    /// Drop the connection now.
+    Now(DisconnectReason),
+    /// Let the writer flush what is queued (a close frame), bounded, then drop it.
+    AfterDrain(DisconnectReason),
+}
 
 /// A shard's connection table.
 pub(crate) struct Table<D> {
@@ -134,7 +141,8 @@ impl<H: Handler> Shard<H> {
                         tracing::debug!(shard = self.index, %peer, "connection refused: limit reached");
                         continue;
                     }
-                    tokio::task::spawn_local(self.clone().serve(socket, peer));
+                    let Some(link) = self.link(socket) else { continue };
+                    tokio::task::spawn_local(self.clone().serve(link, peer));
                 }
                 Err(e) => {
                     tracing::warn!(shard = self.index, error = %e, "accept failed");
@@ -178,38 +186,52 @@ impl<H: Handler> Shard<H> {
         }
     }
 
-    /// Serves one accepted TCP connection from start to end.
-    pub(crate) async fn serve(self: Rc<Self>, socket: crate::io::Socket, peer: SocketAddr) {
-        let session = self.tls.as_ref().map(|config| rustls::ServerConnection::new(config.clone()));
-        let session = match session.transpose() {
-            Ok(session) => session,
-            Err(e) => {
+    /// Wraps an accepted socket, with a TLS session if the server has TLS. Not part of the
+    /// connection's future: a rustls session on that future's stack would make every
+    /// connection's task as big as the session.
+    fn link(&self, socket: crate::io::Socket) -> Option<Rc<Link>> {
+        let session = match self.tls.as_ref().map(|config| rustls::ServerConnection::new(config.clone())) {
+            None => None,
+            Some(Ok(session)) => Some(session),
+            Some(Err(e)) => {
                 tracing::warn!(error = %e, "cannot create a TLS session");
-                return;
+                return None;
             }
         };
-        let link = Rc::new(Link::new(socket, session));
-        let id = {
-            let mut table = self.table.borrow_mut();
-            table.sequence = table.sequence.wrapping_add(1);
-            let sequence = table.sequence;
-            let entry = table.conns.vacant_entry();
-            let id = ConnectionId::new(self.index, entry.key(), sequence);
-            entry.insert(ConnState::new(id, peer, link.clone(), Instant::now() + self.config.handshake_timeout));
-            id
-        };
-        self.stats.connections.add(1);
-        self.handler.on_connect(id, peer);
-        // The handshake's state is boxed so that it does not count towards the size of
-        // the long-lived message loop: idle connections must stay small.
-        let reason = match Box::pin(self.handshake(id, &link, peer)).await {
-            Ok(buf) => {
-                let Err(reason) = self.message_loop(id, &link, buf).await;
-                reason
-            }
-            Err(reason) => reason,
-        };
-        self.finish(id, &link, reason);
+        Some(Rc::new(Link::new(socket, session)))
+    }
+
+    /// Serves one accepted connection from start to end. (An `async move` block: an
+    /// `async fn` would store its arguments twice in every connection's task.)
+    #[expect(clippy::manual_async_fn, reason = "an async fn stores its arguments twice")]
+    pub(crate) fn serve(self: Rc<Self>, link: Rc<Link>, peer: SocketAddr) -> impl Future<Output = ()> {
+        async move {
+            let id = {
+                let mut table = self.table.borrow_mut();
+                table.sequence = table.sequence.wrapping_add(1);
+                let sequence = table.sequence;
+                let entry = table.conns.vacant_entry();
+                let id = ConnectionId::new(self.index, entry.key(), sequence);
+                entry.insert(ConnState::new(id, peer, link.clone(), Instant::now() + self.config.handshake_timeout));
+                id
+            };
+            self.stats.connections.add(1);
+            self.handler.on_connect(id, peer);
+            // The handshake's state is boxed so that it does not count towards the size of
+            // the long-lived message loop: idle connections must stay small.
+            let reason = match Box::pin(self.handshake(id, &link, peer)).await {
+                Ok(buf) => match self.read_messages(id, &link, buf).await {
+                    Ending::Now(reason) => reason,
+                    Ending::AfterDrain(reason) => {
+                        // Boxed: rare, and its timer must not weigh on every idle connection.
+                        Box::pin(self.drain(id)).await;
+                        reason
+                    }
+                },
+                Err(reason) => reason,
+            };
+            self.finish(id, &link, reason);
+        }
     }
 
     /// TLS and HTTP handshakes; returns the bytes that followed the upgrade request.
@@ -282,59 +304,74 @@ impl<H: Handler> Shard<H> {
         Ok(buf)
     }
 
-    async fn message_loop(
-        self: &Rc<Self>,
+    /// The steady state of a connection: read, decode, dispatch. Its future is what every
+    /// idle connection holds, so it awaits nothing but the read, and is written as an
+    /// `async move` block: an `async fn` would keep a second copy of its arguments.
+    #[expect(clippy::manual_async_fn, reason = "an async fn stores its arguments twice")]
+    fn read_messages<'a>(
+        self: &'a Rc<Self>,
         id: ConnectionId,
-        link: &Rc<Link>,
+        link: &'a Link,
         mut buf: BytesMut,
-    ) -> Result<Infallible, DisconnectReason> {
-        let mut decoder = Decoder::new(self.decoder);
-        let min_read = self.config.read_buffer;
-        let mut read_size = min_read;
-        loop {
+    ) -> impl Future<Output = Ending> + 'a {
+        async move {
+            let mut decoder = Decoder::new(self.decoder);
+            let min_read = self.config.read_buffer;
+            let mut read_size = min_read;
             loop {
-                match decoder.decode(&mut buf) {
-                    Ok(Some(incoming)) => self.on_incoming(id, incoming).await?,
-                    Ok(None) => break,
-                    Err(e) => {
-                        self.stats.protocol_errors.add(1);
-                        tracing::debug!(shard = self.index, %id, error = %e, "protocol error");
-                        let close = PreparedMessage::close(e.close_code(), &e.to_string()).into_bytes();
-                        self.with_connection(id, |_, conn| conn.shard.start_close(conn.conn, close));
-                        Box::pin(self.drain(id)).await;
-                        return Err(DisconnectReason::Protocol(e));
+                loop {
+                    match decoder.decode(&mut buf) {
+                        Ok(Some(incoming)) => {
+                            if let Err(ending) = self.on_incoming(id, incoming) {
+                                return ending;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            self.stats.protocol_errors.add(1);
+                            tracing::debug!(shard = self.index, %id, error = %e, "protocol error");
+                            let close = PreparedMessage::close(e.close_code(), &e.to_string()).into_bytes();
+                            self.with_connection(id, |_, conn| conn.shard.start_close(conn.conn, close));
+                            return Ending::AfterDrain(DisconnectReason::Protocol(e));
+                        }
                     }
                 }
-            }
-            // Give memory back when a burst is over: idle connections keep a small buffer.
-            if buf.is_empty() && buf.capacity() > 4 * read_size.max(min_read) {
-                buf = BytesMut::new();
-            }
-            let reserve = read_size.max(decoder.needed().min(MAX_READ));
-            let n = self.read(id, link, &mut buf, reserve).await?;
-            read_size = if n >= read_size {
-                (read_size * 2).min(MAX_STEADY_READ)
-            } else if n < read_size / 4 {
-                (read_size / 2).max(min_read)
-            } else {
-                read_size
-            };
-            if let Some(conn) = self.table.borrow_mut().get_mut(id) {
-                conn.last_read = Instant::now();
-                if conn.ping_outstanding {
-                    conn.ping_outstanding = false;
-                    if !conn.close_sent && !conn.close_received {
-                        conn.deadline = None;
+                // Give memory back when a burst is over: idle connections keep a small buffer.
+                if buf.is_empty() && buf.capacity() > 4 * read_size.max(min_read) {
+                    buf = BytesMut::new();
+                }
+                let reserve = read_size.max(decoder.needed().min(MAX_READ));
+                let n = match link.read(&mut buf, reserve).await {
+                    Ok(0) => return Ending::Now(self.end_reason(id).unwrap_or(DisconnectReason::Eof)),
+                    Ok(n) => n,
+                    Err(e) => return Ending::Now(self.end_reason(id).unwrap_or(DisconnectReason::Io(e.to_string()))),
+                };
+                read_size = if n >= read_size {
+                    (read_size * 2).min(MAX_STEADY_READ)
+                } else if n < read_size / 4 {
+                    (read_size / 2).max(min_read)
+                } else {
+                    read_size
+                };
+                if let Some(conn) = self.table.borrow_mut().get_mut(id) {
+                    conn.last_read = Instant::now();
+                    if conn.ping_outstanding {
+                        conn.ping_outstanding = false;
+                        if !conn.close_sent && !conn.close_received {
+                            conn.deadline = None;
+                        }
                     }
                 }
-            }
-            if link.wants_flush() {
-                self.kick_writer(id);
+                if link.wants_flush() {
+                    self.kick_writer(id);
+                }
             }
         }
     }
 
-    async fn on_incoming(self: &Rc<Self>, id: ConnectionId, incoming: Incoming) -> Result<(), DisconnectReason> {
+    /// Dispatches one event to the handler and does the protocol's automatic part
+    /// (pong, close reply). `Err` ends the connection.
+    fn on_incoming(self: &Rc<Self>, id: ConnectionId, incoming: Incoming) -> Result<(), Ending> {
         let stats = &self.stats;
         match incoming {
             Incoming::Text(text) => {
@@ -384,14 +421,11 @@ impl<H: Handler> Shard<H> {
                     (we_closed_first, conn.conn.close_sent)
                 });
                 match we_closed_first {
-                    Some((true, _)) | None => return Err(DisconnectReason::Closed(code)),
+                    Some((true, _)) | None => return Err(Ending::Now(DisconnectReason::Closed(code))),
                     // Manual close without a reply yet: keep reading until the handler
                     // answers, the peer hangs up or the deadline passes.
                     Some((false, false)) => {}
-                    Some((false, true)) => {
-                        Box::pin(self.drain(id)).await;
-                        return Err(DisconnectReason::Closed(code));
-                    }
+                    Some((false, true)) => return Err(Ending::AfterDrain(DisconnectReason::Closed(code))),
                 }
             }
         }
