@@ -2,10 +2,10 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test lint unit peers bench bench-quick bench-codec fuzz build release
+.PHONY: test lint unit conformance peers bench bench-quick bench-codec fuzz build release
 
-## Run everything CI runs: formatting, lints, the whole test suite.
-test: lint unit
+## Run everything CI runs: formatting, lints, the whole test suite, RFC 6455 conformance.
+test: lint unit conformance
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -14,6 +14,11 @@ lint:
 unit:
 	$(CARGO) nextest run --workspace --no-fail-fast
 	$(CARGO) test --workspace --doc
+
+## Autobahn|Testsuite against the echo example (io_uring and epoll) and the client.
+conformance:
+	$(CARGO) build --release -p ringcast --example echo -p ringcast-client --example autobahn_client
+	tools/conformance.sh
 
 ## Install the independent test peers (Python websockets, Node ws, Chromium driver).
 peers:
@@ -24,6 +29,17 @@ build:
 
 release:
 	$(CARGO) build --workspace --release
+
+## The broadcast benchmark (benches/bench.py): release build, `make bench-codec`, then
+## ringcast (split off, 1/4/16 KiB frames) and the benches/peers baselines under
+## ringcast-loadgen at 1k/10k clients × 64 B–64 KiB. Writes results/<UTC time>/ and
+## results/README.md; BENCH_COMMIT=1 also commits them. About 15 minutes on 2 cores.
+bench:
+	python3 benches/bench.py $(BENCH_ARGS)
+
+## A reduced sweep in under 3 minutes: results/<UTC time>-quick/ (README.md untouched).
+bench-quick:
+	python3 benches/bench.py --quick $(BENCH_ARGS)
 
 ## Criterion benches of the codec; writes results/codec.md.
 bench-codec:

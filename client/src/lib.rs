@@ -118,3 +118,8 @@ pub use message::{MAX_CONTROL_PAYLOAD, Message};
 pub use bytes::Bytes;
 pub use ringcast_codec::{CloseCode, CloseFrame, ProtocolError, Utf8Bytes};
 pub use rustls;
+
+/// The README's examples, compiled (and where they can, run) as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
