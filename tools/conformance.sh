@@ -11,7 +11,7 @@ export EXCLUDE=${EXCLUDE:-12.*,13.*}
 AUTOBAHN=peers/autobahn/autobahn.sh
 ECHO=target/release/examples/echo
 CLIENT=target/release/examples/autobahn_client
-OUT=${OUT:-target/autobahn}
+OUT=${OUT:-$PWD/target/autobahn}
 [ -x "$ECHO" ] && [ -x "$CLIENT" ] || { echo "build first: cargo build --release --example echo --example autobahn_client" >&2; exit 2; }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
