@@ -11,11 +11,11 @@ use bytes::Bytes;
 use ringcast_codec::{PreparedMessage, Split};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
-use crate::config::{Config, IoBackend, ServerBuilder};
+use crate::config::{IoBackend, ServerBuilder};
 use crate::connection::{ConnectionId, ConnectionRef};
 use crate::handler::Handler;
 use crate::io::Listener;
-use crate::shard::Shard;
+use crate::shard::{Shard, ShardSetup};
 use crate::stats::{ShardStats, Stats};
 use crate::tls::TlsError;
 
@@ -318,7 +318,7 @@ impl ServerBuilder {
         let (ready_tx, ready_rx) = std_mpsc::channel();
         let mut workers = Vec::with_capacity(config.workers);
         for (index, (listener, commands)) in listeners.into_iter().zip(receivers).enumerate() {
-            let worker = Worker {
+            let worker = ShardSetup {
                 index,
                 config: config.clone(),
                 handler: handler.clone(),
@@ -353,19 +353,9 @@ impl ServerBuilder {
     }
 }
 
-/// What a worker thread needs to build its shard.
-struct Worker<H: Handler> {
-    index: usize,
-    config: Arc<Config>,
-    handler: Arc<H>,
-    broadcaster: Broadcaster<H>,
-    stats: Arc<ShardStats>,
-    tls: Option<Arc<rustls::ServerConfig>>,
-}
-
 type Ready = std_mpsc::Sender<(usize, Result<Backend, StartError>)>;
 
-impl<H: Handler> Worker<H> {
+impl<H: Handler> ShardSetup<H> {
     fn run(self, listener: std::net::TcpListener, commands: UnboundedReceiver<Command<H>>, ready: Ready) {
         let index = self.index;
         let control = match listener.try_clone() {
@@ -418,6 +408,6 @@ impl<H: Handler> Worker<H> {
     }
 
     fn into_shard(self) -> Rc<Shard<H>> {
-        Rc::new(Shard::new(self.index, self.config, self.handler, self.broadcaster, self.stats, self.tls))
+        Rc::new(Shard::new(self))
     }
 }

@@ -76,15 +76,19 @@ pub(crate) struct Shard<H: Handler> {
     topics: RefCell<HashMap<Rc<str>, HashSet<ConnectionId>>>,
 }
 
+/// What a worker thread is given to build its shard (the shard itself is `!Send`).
+pub(crate) struct ShardSetup<H: Handler> {
+    pub(crate) index: usize,
+    pub(crate) config: Arc<Config>,
+    pub(crate) handler: Arc<H>,
+    pub(crate) broadcaster: Broadcaster<H>,
+    pub(crate) stats: Arc<ShardStats>,
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+}
+
 impl<H: Handler> Shard<H> {
-    pub(crate) fn new(
-        index: usize,
-        config: Arc<Config>,
-        handler: Arc<H>,
-        broadcaster: Broadcaster<H>,
-        stats: Arc<ShardStats>,
-        tls: Option<Arc<rustls::ServerConfig>>,
-    ) -> Self {
+    pub(crate) fn new(setup: ShardSetup<H>) -> Self {
+        let ShardSetup { index, config, handler, broadcaster, stats, tls } = setup;
         let decoder = DecoderConfig::new(Role::Server)
             .max_frame_size(config.max_frame_size)
             .max_message_size(config.max_message_size)
