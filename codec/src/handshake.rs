@@ -277,9 +277,11 @@ impl Request {
     }
 
     /// Whether the client is attempting a WebSocket upgrade at all (as opposed to a plain
-    /// HTTP request such as `GET /metrics`): it sent `Upgrade` or `Sec-WebSocket-Key`.
+    /// HTTP request such as `GET /metrics`): it sent `Upgrade: websocket` or a
+    /// `Sec-WebSocket-Key`. An upgrade to another protocol (`Upgrade: h2c`) is plain HTTP
+    /// to us: RFC 9110 §7.8 lets a server ignore an upgrade it does not speak.
     pub fn wants_upgrade(&self) -> bool {
-        self.header_bytes("upgrade").is_some() || self.header_bytes("sec-websocket-key").is_some()
+        self.has_token("upgrade", "websocket") || self.header_bytes("sec-websocket-key").is_some()
     }
 
     /// The subprotocols the client offers, in order of preference.
@@ -658,6 +660,8 @@ Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: ch
     fn plain_http_is_told_apart_from_upgrades() {
         let metrics = parse(b"GET /metrics HTTP/1.1\r\nHost: h\r\n\r\n");
         assert!(!metrics.wants_upgrade());
+        let h2c = parse(b"GET /metrics HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n");
+        assert!(!h2c.wants_upgrade());
         assert!(with_headers(GOOD).wants_upgrade());
     }
 

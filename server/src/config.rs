@@ -85,6 +85,7 @@ pub struct Config {
     pub(crate) max_connections: usize,
     pub(crate) max_http_body: usize,
     pub(crate) read_buffer: usize,
+    pub(crate) share_port: bool,
 }
 
 impl Default for Config {
@@ -108,6 +109,7 @@ impl Default for Config {
             max_connections: usize::MAX,
             max_http_body: 1 << 20,
             read_buffer: 128,
+            share_port: false,
         }
     }
 }
@@ -306,7 +308,16 @@ impl ServerBuilder {
         self
     }
 
-    /// Refuse TCP connections beyond this many open ones (default unlimited).
+    /// Let other processes listen on the same port (`SO_REUSEPORT` across processes), so
+    /// that several ringcast nodes on one machine share it — see the `--cluster` option
+    /// of the `ringcast` binary. Off by default: a port already in use is a start error.
+    pub fn share_port(mut self, share: bool) -> Self {
+        self.config.share_port = share;
+        self
+    }
+
+    /// Refuse TCP connections beyond this many open ones, server-wide, with `503 Service
+    /// Unavailable` (default unlimited).
     pub fn max_connections(mut self, max: usize) -> Self {
         self.config.max_connections = max;
         self

@@ -15,7 +15,7 @@ use crate::handler::{DisconnectReason, Handler};
 use crate::io::Link;
 use crate::out_frame::OutFrame;
 use crate::server::{Broadcaster, Target};
-use crate::shard::Shard;
+use crate::shard::{Outbound, Shard};
 
 /// Identifies a connection server-wide: the shard that owns it, its slot in that shard's
 /// table and a sequence number that makes reused slots distinct.
@@ -84,6 +84,9 @@ pub(crate) struct ConnState<D> {
     pub(crate) drain_waker: Option<Waker>,
     /// Topics this connection subscribed to (also indexed by the shard).
     pub(crate) topics: Vec<Rc<str>>,
+    /// While the application streams a fragmented message: the data messages that must
+    /// wait for its last fragment.
+    pub(crate) held: Option<Box<VecDeque<OutFrame>>>,
 }
 
 impl<D: Default> ConnState<D> {
@@ -106,6 +109,7 @@ impl<D: Default> ConnState<D> {
             end_reason: None,
             drain_waker: None,
             topics: Vec::new(),
+            held: None,
         }
     }
 }
@@ -205,8 +209,9 @@ impl<H: Handler> Connection<'_, H> {
         if !self.conn.accepts_data() {
             return Err(SendError::NotOpen);
         }
-        let frame = PreparedMessage::frame(opcode, fin, payload);
-        self.shard.enqueue(self.conn, OutFrame::single(frame.into_bytes()))
+        let frame = OutFrame::single(PreparedMessage::frame(opcode, fin, payload).into_bytes());
+        let kind = if opcode.is_control() { Outbound::Control } else { Outbound::Fragment { fin } };
+        self.shard.enqueue_as(self.conn, frame, kind)
     }
 
     /// Queues a ping.
@@ -225,7 +230,7 @@ impl<H: Handler> Connection<'_, H> {
         if self.conn.phase != Phase::Open || self.conn.close_sent {
             return Err(SendError::NotOpen);
         }
-        self.shard.enqueue(self.conn, OutFrame::single(frame.into_bytes()))
+        self.shard.enqueue_as(self.conn, OutFrame::single(frame.into_bytes()), Outbound::Control)
     }
 
     /// Starts the closing handshake with `code` and `reason` (cut to 123 bytes). The

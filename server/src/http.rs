@@ -92,6 +92,7 @@ impl HttpResponse {
     pub(crate) fn upgrade_required() -> Self {
         Self::text(426, "this endpoint speaks WebSocket\n")
             .header("Upgrade", "websocket")
+            .header("Connection", "Upgrade, close")
             .header("Sec-WebSocket-Version", "13")
     }
 
@@ -102,7 +103,12 @@ impl HttpResponse {
         for (name, value) in &self.headers {
             let _ = write!(head, "{name}: {value}\r\n");
         }
-        let _ = write!(head, "Content-Length: {}\r\nConnection: close\r\n\r\n", self.body.len());
+        let _ = write!(head, "Content-Length: {}\r\n", self.body.len());
+        // Every response ends its connection; a handler may name more options.
+        if !self.headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("connection")) {
+            head.push_str("Connection: close\r\n");
+        }
+        head.push_str("\r\n");
         let mut out = head.into_bytes();
         out.extend_from_slice(&self.body);
         out
@@ -134,5 +140,7 @@ mod tests {
         );
         let upgrade = String::from_utf8(HttpResponse::upgrade_required().encode()).unwrap();
         assert!(upgrade.starts_with("HTTP/1.1 426 Upgrade Required\r\n"));
+        assert!(upgrade.contains("\r\nConnection: Upgrade, close\r\n"), "{upgrade}");
+        assert_eq!(upgrade.matches("Connection:").count(), 1);
     }
 }

@@ -278,6 +278,24 @@ impl<H: Handler> ServerHandle<H> {
 }
 
 /// Creates a listening socket that shares its port with the other workers.
+/// Fails if something already listens on `addr`, even with `SO_REUSEPORT`: binding
+/// without that option is refused by any listener on the port. A process that just
+/// exited can hold its listeners for a moment (io_uring tears down asynchronously), so a
+/// busy port is retried for up to a second before it counts as taken.
+fn check_port_free(addr: SocketAddr) -> std::io::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        let probe = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+        probe.set_reuse_address(true)?;
+        match probe.bind(&addr.into()) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            result => return result,
+        }
+    }
+}
+
 fn listen(addr: SocketAddr, backlog: i32) -> std::io::Result<std::net::TcpListener> {
     let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
@@ -304,6 +322,9 @@ impl ServerBuilder {
         let tls = config.tls.as_ref().map(crate::tls::server_config).transpose()?;
         let mut listeners = Vec::with_capacity(config.workers);
         let mut addr = config.addr;
+        if !config.share_port && addr.port() != 0 {
+            check_port_free(addr).map_err(|source| StartError::Bind { addr, source })?;
+        }
         for _ in 0..config.workers {
             let listener = listen(addr, config.backlog).map_err(|source| StartError::Bind { addr, source })?;
             // Port 0 picks a port once; the other workers join that port.
@@ -315,10 +336,12 @@ impl ServerBuilder {
         let handler = Arc::new(handler);
         let router = Router { handler: handler.clone(), shards: senders, stats: stats.clone(), split: config.split };
         let broadcaster = Broadcaster { router: Arc::new(router) };
+        let open_connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (ready_tx, ready_rx) = std_mpsc::channel();
         let mut workers = Vec::with_capacity(config.workers);
         for (index, (listener, commands)) in listeners.into_iter().zip(receivers).enumerate() {
             let worker = ShardSetup {
+                open_connections: open_connections.clone(),
                 index,
                 config: config.clone(),
                 handler: handler.clone(),

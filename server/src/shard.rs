@@ -10,6 +10,7 @@ use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,26 @@ use crate::stats::ShardStats;
 const MAX_READ: usize = 1 << 20;
 /// Reads grow up to this size while traffic fills them.
 const MAX_STEADY_READ: usize = 64 << 10;
+
+/// Answers a connection over the limit with 503 (plain connections; a TLS client just
+/// sees the connection close) without giving it a slot.
+async fn refuse_busy(socket: crate::io::Socket) {
+    let response = handshake::error_response(503, "Retry-After: 1\r\n", "connection limit reached\n");
+    let link = Link::new(socket, None);
+    let _ = tokio::time::timeout(Duration::from_secs(1), link.write_all(response)).await;
+    link.shutdown();
+}
+
+/// What kind of frame is being queued, which decides whether it may go out now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outbound {
+    /// A whole data message: waits while a fragmented message is being streamed.
+    Message,
+    /// One fragment of a message the application streams with `send_frame`.
+    Fragment { fin: bool },
+    /// Ping, pong or close: may go between fragments.
+    Control,
+}
 
 /// How a connection's message loop ends.
 enum Ending {
@@ -71,7 +92,7 @@ pub(crate) struct Shard<H: Handler> {
     /// Broadcasts requested by handlers, applied once the handler returns.
     deferred: RefCell<Vec<(Bytes, Target<H>)>>,
     stopping: Cell<bool>,
-    per_shard_limit: usize,
+    open_connections: Arc<AtomicUsize>,
     /// Topic → subscribed connections of this shard.
     topics: RefCell<HashMap<Rc<str>, HashSet<ConnectionId>>>,
 }
@@ -84,16 +105,17 @@ pub(crate) struct ShardSetup<H: Handler> {
     pub(crate) broadcaster: Broadcaster<H>,
     pub(crate) stats: Arc<ShardStats>,
     pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+    /// Connections open on all shards, counted only when a limit is configured.
+    pub(crate) open_connections: Arc<AtomicUsize>,
 }
 
 impl<H: Handler> Shard<H> {
     pub(crate) fn new(setup: ShardSetup<H>) -> Self {
-        let ShardSetup { index, config, handler, broadcaster, stats, tls } = setup;
+        let ShardSetup { index, config, handler, broadcaster, stats, tls, open_connections } = setup;
         let decoder = DecoderConfig::new(Role::Server)
             .max_frame_size(config.max_frame_size)
             .max_message_size(config.max_message_size)
             .assembly(if config.options.frame_by_frame { Assembly::Frames } else { Assembly::Messages });
-        let per_shard_limit = config.max_connections.div_ceil(config.workers.max(1));
         Shard {
             index,
             config,
@@ -105,7 +127,7 @@ impl<H: Handler> Shard<H> {
             decoder,
             deferred: RefCell::new(Vec::new()),
             stopping: Cell::new(false),
-            per_shard_limit,
+            open_connections,
             topics: RefCell::new(HashMap::new()),
         }
     }
@@ -141,8 +163,9 @@ impl<H: Handler> Shard<H> {
             }
             match accepted {
                 Ok((socket, peer)) => {
-                    if self.stats.connections.get() as usize >= self.per_shard_limit {
+                    if !self.admit_connection() {
                         tracing::debug!(shard = self.index, %peer, "connection refused: limit reached");
+                        tokio::task::spawn_local(refuse_busy(socket));
                         continue;
                     }
                     let Some(link) = self.link(socket) else { continue };
@@ -180,14 +203,33 @@ impl<H: Handler> Shard<H> {
                     continue;
                 }
                 let Some(idle) = config.idle_timeout else { continue };
-                if conn.accepts_data() && !conn.ping_outstanding && now.duration_since(conn.last_read) >= idle {
+                // No pings once closing: the close deadline is already running.
+                if conn.accepts_data()
+                    && !conn.close_received
+                    && conn.deadline.is_none()
+                    && now.duration_since(conn.last_read) >= idle
+                {
                     conn.ping_outstanding = true;
                     conn.deadline = Some(now + idle);
                     let ping = PreparedMessage::ping(b"").map(PreparedMessage::into_bytes).unwrap_or_default();
-                    let _ = self.enqueue(conn, OutFrame::single(ping));
+                    let _ = self.enqueue_as(conn, OutFrame::single(ping), Outbound::Control);
                 }
             }
         }
+    }
+
+    /// Counts a new connection against the server-wide limit (the count is shared by all
+    /// shards, since `SO_REUSEPORT` does not balance connections evenly).
+    fn admit_connection(&self) -> bool {
+        let max = self.config.max_connections;
+        if max == usize::MAX {
+            return true;
+        }
+        if self.open_connections.fetch_add(1, Ordering::Relaxed) >= max {
+            self.open_connections.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
     }
 
     /// Wraps an accepted socket, with a TLS session if the server has TLS. Not part of the
@@ -422,14 +464,19 @@ impl<H: Handler> Shard<H> {
                     if !conn.conn.close_sent {
                         conn.conn.deadline = Some(Instant::now() + close_timeout);
                     }
-                    (we_closed_first, conn.conn.close_sent)
+                    // A close the server started (stop, slow consumer) keeps its reason.
+                    let initiated = if we_closed_first { conn.conn.end_reason.take() } else { None };
+                    (we_closed_first, conn.conn.close_sent, initiated)
                 });
                 match we_closed_first {
-                    Some((true, _)) | None => return Err(Ending::Now(DisconnectReason::Closed(code))),
+                    Some((true, _, initiated)) => {
+                        return Err(Ending::Now(initiated.unwrap_or(DisconnectReason::Closed(code))));
+                    }
+                    None => return Err(Ending::Now(DisconnectReason::Closed(code))),
                     // Manual close without a reply yet: keep reading until the handler
                     // answers, the peer hangs up or the deadline passes.
-                    Some((false, false)) => {}
-                    Some((false, true)) => return Err(Ending::AfterDrain(DisconnectReason::Closed(code))),
+                    Some((false, false, _)) => {}
+                    Some((false, true, _)) => return Err(Ending::AfterDrain(DisconnectReason::Closed(code))),
                 }
             }
         }
@@ -555,6 +602,19 @@ impl<H: Handler> Shard<H> {
     /// Queues a frame on `conn`, applying the send-queue bound, and makes sure a writer
     /// task will write it.
     pub(crate) fn enqueue(self: &Rc<Self>, conn: &mut ConnState<H::Data>, frame: OutFrame) -> Result<(), SendError> {
+        self.enqueue_as(conn, frame, Outbound::Message)
+    }
+
+    /// Queues a frame on `conn`, applying the send-queue bound, and makes sure a writer
+    /// task will write it. While the application streams a fragmented message
+    /// ([`Outbound::Fragment`]), other data messages wait until its last fragment: RFC
+    /// 6455 §5.4 allows only control frames between fragments.
+    pub(crate) fn enqueue_as(
+        self: &Rc<Self>,
+        conn: &mut ConnState<H::Data>,
+        frame: OutFrame,
+        kind: Outbound,
+    ) -> Result<(), SendError> {
         let len = frame.len();
         // One message larger than the bound is still allowed through an empty queue.
         if conn.queued_bytes > 0 && conn.queued_bytes + len > self.config.send_queue_limit {
@@ -571,7 +631,24 @@ impl<H: Handler> Shard<H> {
             return Err(SendError::QueueFull);
         }
         self.stats.messages_out.add(1);
-        self.push(conn, frame);
+        match (kind, conn.held.as_mut()) {
+            (Outbound::Message, Some(held)) => {
+                conn.queued_bytes += len;
+                held.push_back(frame);
+            }
+            (Outbound::Fragment { fin: false }, _) => {
+                conn.held.get_or_insert_with(Box::default);
+                self.push(conn, frame);
+            }
+            (Outbound::Fragment { fin: true }, _) => {
+                self.push(conn, frame);
+                for waiting in conn.held.take().into_iter().flat_map(|held| *held) {
+                    conn.queued_bytes -= waiting.len();
+                    self.push(conn, waiting);
+                }
+            }
+            (Outbound::Message | Outbound::Control, _) => self.push(conn, frame),
+        }
         Ok(())
     }
 
@@ -720,6 +797,9 @@ impl<H: Handler> Shard<H> {
         link.shutdown();
         let Some(mut conn) = self.table.borrow_mut().remove(id) else { return };
         self.stats.connections.sub(1);
+        if self.config.max_connections != usize::MAX {
+            self.open_connections.fetch_sub(1, Ordering::Relaxed);
+        }
         if conn.phase == Phase::Open {
             self.stats.websockets.sub(1);
         }

@@ -101,6 +101,8 @@ fn broadcast_mode_fans_out_websocket_and_http_publishes_to_every_subscriber() {
     for i in 0..20 {
         publisher.send_text("pub", &format!("ws {i}"));
     }
+    // Two publishers are not ordered with each other: let the first one's messages land.
+    subscribers.drain(&Drain::prefix("sub").wait_count(20).keep());
     let (status, _) = service.http("POST", "/publish?token=s3cret", b"over http");
     assert_eq!(status, 202);
     let mut expected: Vec<String> = (0..20).map(|i| format!("ws {i}")).collect();
@@ -207,7 +209,9 @@ fn metrics_move_as_traffic_flows() {
     assert_eq!(service.metric("ringcast_published_messages_total"), 5.0);
     assert_eq!(service.metric("ringcast_messages_received_total"), 5.0);
     assert!(service.metric("ringcast_publish_to_write_seconds_count") >= 50.0);
-    assert_eq!(service.metric("ringcast_connections"), 11.0 + 1.0, "10 subscribers, the publisher, this request");
+    assert_eq!(service.metric("ringcast_websockets"), 11.0, "10 subscribers and the publisher");
+    // Plus this /metrics request, and possibly earlier ones still closing.
+    assert!(service.metric("ringcast_connections") >= 12.0);
     assert_eq!(service.metric("ringcast_io_backend"), 2.0);
 }
 

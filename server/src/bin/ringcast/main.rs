@@ -115,7 +115,8 @@ fn builder(args: &ServeArgs) -> Result<ringcast::ServerBuilder, Box<dyn std::err
             Backend::IoUring => IoBackend::IoUring,
             Backend::Epoll => IoBackend::Epoll,
         })
-        .idle_timeout(args.idle_timeout);
+        .idle_timeout(args.idle_timeout)
+        .share_port(args.share_port.unwrap_or(false));
     if let Some(bind) = args.bind {
         builder = builder.bind(bind);
     }

@@ -86,10 +86,15 @@ pub struct ServeArgs {
     #[arg(long, value_name = "IP")]
     pub bind: Option<IpAddr>,
 
-    /// Port to listen on; several ringcast processes may share it (SO_REUSEPORT)
-    /// [default: 8888].
+    /// Port to listen on [default: 8888].
     #[arg(short, long)]
     pub port: Option<u16>,
+
+    /// Let several ringcast processes listen on this port together (SO_REUSEPORT across
+    /// processes; the kernel spreads connections over them), e.g. nodes of one --cluster.
+    /// Without it, a port already in use is an error [default: false].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub share_port: Option<bool>,
 
     /// Worker threads, each with its own io_uring, listener and connection table
     /// [default: one per core].
@@ -204,6 +209,7 @@ impl ServeArgs {
             config: self.config,
             bind: self.bind.or(file.bind),
             port: self.port.or(file.port),
+            share_port: self.share_port.or(file.share_port),
             workers: self.workers.or(file.workers),
             mode: self.mode.or(file.mode),
             path: self.path.or(file.path),
