@@ -1,0 +1,120 @@
+//! The pipeline end to end: the real `ringcast serve` binary in broadcast mode and a small
+//! `ringcast-loadgen broadcast` run against it (500 clients, 2 seconds). It asserts zero
+//! loss, exit status 0 and that every output was written; it asserts no speed.
+//!
+//! `CARGO_BIN_EXE_ringcast` exists only for the server package's own tests, so the server
+//! binary is found next to this test's directory (`target/<profile>/ringcast`, built by
+//! the same `cargo test`/`nextest` run of the workspace), and built with
+//! `cargo build -p ringcast --bin ringcast` when it is missing (`RINGCAST_BIN` overrides).
+//! Running the real binary rather than an in-process server keeps the test honest about
+//! what `make bench` measures.
+
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Kills the server even if the test fails.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn ringcast_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("RINGCAST_BIN") {
+        return path.into();
+    }
+    let test_exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<this test> → target/<profile>
+    let profile_dir = test_exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps").to_owned();
+    let binary = profile_dir.join("ringcast");
+    if !binary.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut build = Command::new(cargo);
+        build.current_dir(workspace).args(["build", "-p", "ringcast", "--bin", "ringcast"]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("cargo build -p ringcast");
+        assert!(status.success(), "cargo build -p ringcast failed");
+    }
+    assert!(binary.exists(), "{} not found", binary.display());
+    binary
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port()
+}
+
+fn wait_for_port(port: u16) {
+    let start = Instant::now();
+    while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(20), "the server did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn small_broadcast_against_ringcast_loses_nothing() {
+    let port = free_port();
+    let server = Command::new(ringcast_binary())
+        .args(["serve", "--port", &port.to_string(), "--bind", "127.0.0.1", "--mode", "broadcast"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start ringcast serve");
+    let server = Server(server);
+    wait_for_port(port);
+
+    let out = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_ringcast-loadgen"))
+        .args(["broadcast", &format!("ws://127.0.0.1:{port}/"), "--clients", "500", "--payload", "256"])
+        .args(["--rate", "100", "--warmup", "500ms", "--duration", "2s", "--drain", "10s"])
+        .args(["--server-pid", &server.0.id().to_string(), "--server-name", "ringcast", "--progress", "none"])
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .expect("run ringcast-loadgen");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "loadgen failed ({}):\n{stdout}\n{stderr}", output.status);
+
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("result.json")).unwrap()).unwrap();
+    assert_eq!(json["connect"]["connected"], 500, "{stdout}");
+    assert_eq!(json["lost"], 0, "{stdout}");
+    assert_eq!(json["duplicates"], 0, "{stdout}");
+    assert_eq!(json["passed"], true, "{stdout}");
+    let sent = json["sent"].as_u64().unwrap();
+    assert!(sent >= 250, "the publisher sent {sent} messages");
+    assert_eq!(json["delivered"].as_u64(), Some(sent * 500));
+    assert!(json["server_metrics"]["cpu_s"].as_f64().is_some());
+
+    let csv = std::fs::read_to_string(out.path().join("result.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 2, "header and one row");
+    assert!(csv.starts_with("server,setting,scenario,clients,payload"));
+    let md = std::fs::read_to_string(out.path().join("result.md")).unwrap();
+    assert!(md.contains("| result | PASS |"), "{md}");
+    let svg = std::fs::read_to_string(out.path().join("latency.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("stroke=\"#1F77B4\""), "no latency curve in the SVG");
+    assert!(svg.contains("percentile"));
+    assert!(stdout.contains("PASS"));
+
+    // The multi-run report reads what the run wrote.
+    let report = Command::new(env!("CARGO_BIN_EXE_ringcast-loadgen"))
+        .arg("report")
+        .arg("--out")
+        .arg(out.path().join("report"))
+        .arg(out.path().join("result.json"))
+        .output()
+        .unwrap();
+    assert!(report.status.success(), "{}", String::from_utf8_lossy(&report.stderr));
+    for file in ["report.json", "report.csv", "report.md", "latency.svg", "throughput.svg"] {
+        assert!(out.path().join("report").join(file).exists(), "{file} missing");
+    }
+}
