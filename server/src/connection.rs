@@ -72,6 +72,8 @@ pub(crate) struct ConnState<D> {
     pub(crate) queued_bytes: usize,
     /// A writer task is running for this connection.
     pub(crate) writing: bool,
+    /// The connection is on its shard's list of connections to write inline.
+    pub(crate) flush_pending: bool,
     pub(crate) close_sent: bool,
     pub(crate) close_received: bool,
     pub(crate) ping_outstanding: bool,
@@ -102,6 +104,7 @@ impl<D: Default> ConnState<D> {
             queue: VecDeque::new(),
             queued_bytes: 0,
             writing: false,
+            flush_pending: false,
             close_sent: false,
             close_received: false,
             ping_outstanding: false,
@@ -119,6 +122,11 @@ impl<D> ConnState<D> {
     /// Whether data messages may still be queued.
     pub(crate) fn accepts_data(&self) -> bool {
         self.phase == Phase::Open && !self.close_sent
+    }
+
+    /// Whether queued bytes are still waiting to be written.
+    pub(crate) fn has_unsent(&self) -> bool {
+        self.writing || !self.queue.is_empty()
     }
 }
 

@@ -2,8 +2,10 @@
 //! with or without TLS on top.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 use bytes::BytesMut;
 use tokio_uring::buf::BoundedBuf;
@@ -12,6 +14,18 @@ use crate::out_frame::OutFrame;
 
 /// Linux limits one `writev` to this many buffers (IOV_MAX).
 pub(crate) const MAX_IOV: usize = 1024;
+
+/// How many queued frames one inline write gathers (an array on the stack).
+const INLINE_IOV: usize = 64;
+
+/// The descriptor of an io_uring socket, for a plain system call on it.
+#[allow(unsafe_code)]
+fn uring_fd(stream: &tokio_uring::net::TcpStream) -> BorrowedFd<'_> {
+    // SAFETY: `stream` owns the descriptor and closes it only when dropped (tokio-uring
+    // defers the close until no operation uses it); the returned borrow cannot outlive
+    // `stream`, so the descriptor stays open and refers to this socket while borrowed.
+    unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }
+}
 
 /// A connected TCP socket on one of the two backends.
 pub(crate) enum Socket {
@@ -65,6 +79,16 @@ impl Socket {
                 };
                 (result, frames)
             }
+        }
+    }
+
+    /// One non-blocking vectored write, done at once in the caller (no submission, no
+    /// task): `WouldBlock` when the socket buffer is full.
+    fn try_writev(&self, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Socket::Uring(stream) => socket2::SockRef::from(&uring_fd(stream))
+                .send_vectored_with_flags(slices, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL),
+            Socket::Epoll(stream) => stream.try_write_vectored(slices),
         }
     }
 
@@ -231,6 +255,21 @@ impl Link {
             }
             self.feed_tls(tls)?;
         }
+    }
+
+    /// Writes the front of `frames` at once, without blocking: returns the bytes written,
+    /// or `WouldBlock` (always, for TLS, whose records the writer task encrypts).
+    pub(crate) fn try_write(&self, frames: &VecDeque<OutFrame>) -> io::Result<usize> {
+        if self.tls.is_some() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let mut slices = [IoSlice::new(&[]); INLINE_IOV];
+        let mut count = 0;
+        for (slot, frame) in slices.iter_mut().zip(frames) {
+            *slot = IoSlice::new(frame.as_slice());
+            count += 1;
+        }
+        self.socket.try_writev(&slices[..count])
     }
 
     /// Writes `data` whole; used only before the connection's writer task exists.

@@ -7,6 +7,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::future::poll_fn;
+use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -95,6 +96,9 @@ pub(crate) struct Shard<H: Handler> {
     open_connections: Arc<AtomicUsize>,
     /// Topic → subscribed connections of this shard.
     topics: RefCell<HashMap<Rc<str>, HashSet<ConnectionId>>>,
+    /// Connections with newly queued frames, written inline by one flush per batch.
+    dirty: RefCell<Vec<ConnectionId>>,
+    flush_scheduled: Cell<bool>,
 }
 
 /// What a worker thread is given to build its shard (the shard itself is `!Send`).
@@ -129,6 +133,8 @@ impl<H: Handler> Shard<H> {
             stopping: Cell::new(false),
             open_connections,
             topics: RefCell::new(HashMap::new()),
+            dirty: RefCell::new(Vec::new()),
+            flush_scheduled: Cell::new(false),
         }
     }
 
@@ -652,13 +658,93 @@ impl<H: Handler> Shard<H> {
         Ok(())
     }
 
+    /// Queues a frame and puts the connection on the list that the next flush writes.
     fn push(self: &Rc<Self>, conn: &mut ConnState<H::Data>, frame: OutFrame) {
         conn.queued_bytes += frame.len();
         conn.queue.push_back(frame);
-        if !conn.writing {
-            conn.writing = true;
-            tokio::task::spawn_local(self.clone().write_loop(conn.id, conn.link.clone()));
+        if !conn.writing && !conn.flush_pending {
+            conn.flush_pending = true;
+            self.dirty.borrow_mut().push(conn.id);
+            if !self.flush_scheduled.replace(true) {
+                tokio::task::spawn_local(self.clone().flush());
+            }
         }
+    }
+
+    /// Writes the queues of every connection that got frames since the last flush, each
+    /// with one non-blocking `writev` made right here: no task and no submission per
+    /// connection. Runs once per batch of events (it is spawned when the first frame of a
+    /// batch is queued, so everything the batch queued goes out together). Only a socket
+    /// that cannot take everything gets a writer task, which waits for it on the backend.
+    async fn flush(self: Rc<Self>) {
+        self.flush_scheduled.set(false);
+        let dirty = std::mem::take(&mut *self.dirty.borrow_mut());
+        let now = Instant::now();
+        let mut table = self.table.borrow_mut();
+        for &id in &dirty {
+            let Some(conn) = table.get_mut(id) else { continue };
+            conn.flush_pending = false;
+            while !conn.writing && !conn.queue.is_empty() {
+                match conn.link.try_write(&conn.queue) {
+                    Ok(written) if written > 0 => self.account_write(conn, written, now),
+                    Err(e) if e.kind() != io::ErrorKind::WouldBlock => {
+                        self.fail_write(conn, DisconnectReason::Io(e.to_string()));
+                    }
+                    // Full socket (or TLS): a writer task finishes the job.
+                    _ => {
+                        conn.writing = true;
+                        tokio::task::spawn_local(self.clone().write_loop(id, conn.link.clone()));
+                    }
+                }
+            }
+            if !conn.has_unsent()
+                && let Some(waker) = conn.drain_waker.take()
+            {
+                waker.wake();
+            }
+        }
+        drop(table);
+        // Keep the list's allocation for the next batch.
+        let mut dirty = dirty;
+        dirty.clear();
+        let mut slot = self.dirty.borrow_mut();
+        if slot.is_empty() {
+            *slot = dirty;
+        }
+    }
+
+    /// Takes `written` bytes off the front of `conn`'s queue and counts them.
+    fn account_write(&self, conn: &mut ConnState<H::Data>, written: usize, now: Instant) {
+        conn.queued_bytes -= written;
+        self.stats.bytes_out.add(written as u64);
+        let mut left = written;
+        let mut done = 0;
+        let mut oldest = None;
+        while let Some(frame) = conn.queue.front_mut() {
+            if left < frame.len() {
+                frame.advance(left);
+                break;
+            }
+            left -= frame.len();
+            oldest.get_or_insert(frame.published());
+            conn.queue.pop_front();
+            done += 1;
+        }
+        if let Some(published) = oldest {
+            self.stats.record_latency(now.duration_since(published), done);
+        }
+    }
+
+    /// A write failed: the connection cannot be written any more, so it ends.
+    fn fail_write(&self, conn: &mut ConnState<H::Data>, reason: DisconnectReason) {
+        conn.end_reason.get_or_insert(reason);
+        conn.writing = false;
+        conn.queue.clear();
+        conn.queued_bytes = 0;
+        if let Some(waker) = conn.drain_waker.take() {
+            waker.wake();
+        }
+        conn.link.shutdown();
     }
 
     pub(crate) fn subscribe(&self, conn: &mut ConnState<H::Data>, topic: &str) -> bool {
@@ -733,46 +819,15 @@ impl<H: Handler> Shard<H> {
             let now = Instant::now();
             let mut table = self.table.borrow_mut();
             let Some(conn) = table.get_mut(id) else { return };
+            // Back to the front of the queue, in order, ahead of anything queued meanwhile.
+            for frame in frames.drain(..).rev() {
+                conn.queue.push_front(frame);
+            }
+            batch = frames;
             match result {
-                Ok(written) if written > 0 || frames.is_empty() => {
-                    conn.queued_bytes -= written;
-                    self.stats.bytes_out.add(written as u64);
-                    let mut left = written;
-                    let mut done = 0;
-                    for frame in frames.iter_mut() {
-                        if left < frame.len() {
-                            frame.advance(left);
-                            break;
-                        }
-                        left -= frame.len();
-                        done += 1;
-                    }
-                    if let Some(first) = frames.first()
-                        && done > 0
-                    {
-                        self.stats.record_latency(now.duration_since(first.published()), done as u64);
-                    }
-                    for frame in frames.drain(done..).rev() {
-                        conn.queue.push_front(frame);
-                    }
-                    frames.clear();
-                    batch = frames;
-                }
-                result => {
-                    let reason = match result {
-                        Err(e) => DisconnectReason::Io(e.to_string()),
-                        Ok(_) => DisconnectReason::Io("write returned 0".into()),
-                    };
-                    conn.end_reason.get_or_insert(reason);
-                    conn.writing = false;
-                    conn.queue.clear();
-                    conn.queued_bytes = 0;
-                    if let Some(waker) = conn.drain_waker.take() {
-                        waker.wake();
-                    }
-                    link.shutdown();
-                    return;
-                }
+                Ok(written) if written > 0 || conn.queue.is_empty() => self.account_write(conn, written, now),
+                Ok(_) => return self.fail_write(conn, DisconnectReason::Io("write returned 0".into())),
+                Err(e) => return self.fail_write(conn, DisconnectReason::Io(e.to_string())),
             }
         }
     }
@@ -782,7 +837,7 @@ impl<H: Handler> Shard<H> {
         let drained = poll_fn(|cx| {
             let mut table = self.table.borrow_mut();
             match table.get_mut(id) {
-                Some(conn) if conn.writing => {
+                Some(conn) if conn.has_unsent() => {
                     conn.drain_waker = Some(cx.waker().clone());
                     Poll::Pending
                 }
