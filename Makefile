@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test lint unit conformance peers bench bench-quick bench-codec fuzz build release
+.PHONY: test lint unit conformance test-aarch64 peers bench bench-quick bench-codec fuzz build release
 
 ## Run everything CI runs: formatting, lints, the whole test suite, RFC 6455 conformance.
 test: lint unit conformance
@@ -19,6 +19,13 @@ unit:
 conformance:
 	$(CARGO) build --release -p ringcast --example echo -p ringcast-client --example autobahn_client
 	tools/conformance.sh
+
+## The codec's tests on aarch64 (NEON masking) under qemu-user; needs the aarch64 rust-std,
+## gcc-aarch64-linux-gnu and qemu-user (.ci/run installs them when it can).
+test-aarch64:
+	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
+	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu" \
+	$(CARGO) test --target aarch64-unknown-linux-gnu -p ringcast-codec
 
 ## Install the independent test peers (Python websockets, Node ws, Chromium driver).
 peers:

@@ -67,7 +67,8 @@ impl MaskKernel {
                 unsafe { x86::mask_avx2(buf, key) }
             }
             #[cfg(target_arch = "aarch64")]
-            MaskKernel::Neon => arm::mask_neon(buf, key),
+            // SAFETY: NEON is part of the aarch64 baseline, so every aarch64 CPU runs it.
+            MaskKernel::Neon => unsafe { arm::mask_neon(buf, key) },
             #[allow(unreachable_patterns)]
             other => panic!("{other:?} masking is not available on this architecture"),
         }
@@ -110,7 +111,8 @@ pub fn apply_mask(buf: &mut [u8], key: [u8; 4], phase: usize) {
     }
     #[cfg(target_arch = "aarch64")]
     if buf.len() >= 16 {
-        arm::mask_neon(buf, key);
+        // SAFETY: NEON is part of the aarch64 baseline, so every aarch64 CPU runs it.
+        unsafe { arm::mask_neon(buf, key) };
         return;
     }
     mask_words(buf, key);
@@ -196,8 +198,8 @@ mod x86 {
 mod arm {
     use std::arch::aarch64::{vdupq_n_u32, veorq_u8, vld1q_u8, vreinterpretq_u8_u32, vst1q_u8};
 
+    #[target_feature(enable = "neon")]
     pub(super) fn mask_neon(buf: &mut [u8], key: [u8; 4]) {
-        // NEON is part of the aarch64 baseline, so these intrinsics need no detection.
         let lane = vreinterpretq_u8_u32(vdupq_n_u32(u32::from_ne_bytes(key)));
         let mut chunks = buf.chunks_exact_mut(16);
         for chunk in &mut chunks {
