@@ -393,10 +393,9 @@ impl<H: Handler> Shard<H> {
                     buf = BytesMut::new();
                 }
                 let reserve = read_size.max(decoder.needed().min(MAX_READ));
-                let n = match link.read(&mut buf, reserve).await {
-                    Ok(0) => return Ending::Now(self.end_reason(id).unwrap_or(DisconnectReason::Eof)),
+                let n = match self.read_outcome(id, link.read(&mut buf, reserve).await) {
                     Ok(n) => n,
-                    Err(e) => return Ending::Now(self.end_reason(id).unwrap_or(DisconnectReason::Io(e.to_string()))),
+                    Err(reason) => return Ending::Now(reason),
                 };
                 read_size = if n >= read_size {
                     (read_size * 2).min(MAX_STEADY_READ)
@@ -489,8 +488,7 @@ impl<H: Handler> Shard<H> {
         Ok(())
     }
 
-    /// Reads into `buf`; end of stream and errors end the connection with the reason
-    /// recorded by whoever shut it down, if anyone did.
+    /// Reads into `buf` (during the handshake); see [`Shard::read_outcome`].
     async fn read(
         &self,
         id: ConnectionId,
@@ -498,7 +496,13 @@ impl<H: Handler> Shard<H> {
         buf: &mut BytesMut,
         reserve: usize,
     ) -> Result<usize, DisconnectReason> {
-        match link.read(buf, reserve).await {
+        self.read_outcome(id, link.read(buf, reserve).await)
+    }
+
+    /// A read's bytes, or why the connection ends: the reason recorded by whoever shut
+    /// it down, if anyone did, else end of stream or the error.
+    fn read_outcome(&self, id: ConnectionId, result: io::Result<usize>) -> Result<usize, DisconnectReason> {
+        match result {
             Ok(0) => Err(self.end_reason(id).unwrap_or(DisconnectReason::Eof)),
             Ok(n) => Ok(n),
             Err(e) => Err(self.end_reason(id).unwrap_or(DisconnectReason::Io(e.to_string()))),
