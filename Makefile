@@ -40,7 +40,7 @@ release:
 ## The broadcast benchmark (benches/bench.py): release build, `make bench-codec`, then
 ## ringcast (split off, 1/4/16 KiB frames) and the benches/peers baselines under
 ## ringcast-loadgen at 1k/10k clients × 64 B–64 KiB. Writes results/<UTC time>/ and
-## results/README.md; BENCH_COMMIT=1 also commits them. About 10 minutes on 2 cores.
+## results/README.md and commits them (BENCH_COMMIT=0: no commit). About 10 minutes on 2 cores.
 bench:
 	python3 benches/bench.py $(BENCH_ARGS)
 

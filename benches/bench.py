@@ -13,9 +13,9 @@ SIGTERM, and aggregates everything into results/<UTC timestamp>/:
     commands.txt                          (every command, in order)
 
 A full run rewrites results/README.md with the latest tables and plots, the machine,
-the commit and the exact commands. With BENCH_COMMIT=1 it then commits
-results/README.md and the run folder ("bench: results <timestamp>"); by default it
-commits nothing.
+the commit and the exact commands, then commits that summary: results/README.md, the run
+folder and results/codec.md ("bench: results <timestamp>"), and nothing else. BENCH_COMMIT=0
+skips the commit; quick runs never commit (their folders are git-ignored).
 
     benches/bench.py            # full sweep, about 10 minutes on the 2-core dev box
     benches/bench.py --quick    # reduced sweep, under 3 minutes; leaves results/README.md alone
@@ -373,8 +373,8 @@ def main():
           + ("; results/README.md rewritten" if write_readme else ""), file=sys.stderr)
     for line in failures:
         print(f"  note: {line}", file=sys.stderr)
-    if os.environ.get("BENCH_COMMIT") == "1":
-        paths = [os.path.relpath(run_dir, ROOT)] + (["results/README.md"] if write_readme else [])
+    if write_readme and os.environ.get("BENCH_COMMIT", "1") != "0" and os.path.isdir(os.path.join(ROOT, ".git")):
+        paths = [os.path.relpath(run_dir, ROOT), "results/README.md", "results/codec.md"]
         run(["git", "add", "--", *paths])
         run(["git", "commit", "-m", f"bench: results {stamp}", "--", *paths])
 
@@ -447,7 +447,7 @@ def summary_markdown(meta, idle, run_dir, codec_ran):
         "## Commands",
         "",
         "Reproduce with `make bench` (about 10 minutes) or `make bench-quick` (under 3 minutes, writes a "
-        "`-quick` folder and leaves this file alone). `BENCH_COMMIT=1 make bench` also commits this file and "
+        "`-quick` folder and leaves this file alone). `make bench` then commits this file, results/codec.md and "
         "the run folder. The exact commands of this run, in order (also in "
         f"[commands.txt]({stamp}/commands.txt)):",
         "",

@@ -864,7 +864,7 @@ impl<H: Handler> Shard<H> {
         }
         conn.phase = Phase::Gone;
         conn.queue.clear();
-        tracing::trace!(shard = self.index, %id, ?reason, "disconnected");
+        tracing::debug!(shard = self.index, %id, ?reason, "disconnected");
         // The handler still sees the connection's topics; the index forgets them after.
         self.handler.on_disconnect(&mut Connection { shard: self, conn: &mut conn }, &reason);
         for topic in std::mem::take(&mut conn.topics) {
