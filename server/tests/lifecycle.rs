@@ -238,6 +238,12 @@ fn max_connections_is_a_server_wide_limit(backend: IoBackend) {
         );
         rec.log.wait_opened(2);
         assert!(upgrade_accepted(server.addr()).is_none(), "round {round}: a 3rd connection got in");
+        if round == 0 {
+            // A real client is told why: 503 Service Unavailable.
+            let mut peer = Peer::node();
+            let refused = peer.try_connect("third", &server.url("/"), &ConnectOpts::new()).unwrap_err();
+            assert_eq!(refused.status, Some(503), "{refused:?}");
+        }
         drop((first, second));
         wait_until("the clients to be gone", WAIT, || server.stats().total_connections() == 0);
         // Room again once they left.
