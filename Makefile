@@ -10,6 +10,7 @@ test: lint unit conformance
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
 
 unit:
 	$(CARGO) nextest run --workspace --no-fail-fast
