@@ -16,7 +16,8 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use cluster::Scope;
-use service::{Role, Service, ServiceCounters};
+use metrics::ServiceCounters;
+use service::{Role, Service};
 use settings::{Backend, Cli, Command, LogFormat, Mode, ServeArgs, SlowConsumer};
 
 fn main() -> ExitCode {

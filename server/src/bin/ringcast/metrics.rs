@@ -1,12 +1,20 @@
 //! `GET /metrics` in the Prometheus text exposition format.
 
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use ringcast::{LATENCY_BUCKETS, Stats};
 
 use crate::cluster::ClusterMetrics;
-use crate::service::ServiceCounters;
+
+/// Counters of the service itself (the server keeps the transport's).
+#[derive(Debug, Default)]
+pub struct ServiceCounters {
+    /// Messages accepted for fan-out (WebSocket publishers, POST /publish, relay, topics).
+    pub published: AtomicU64,
+    /// Pub/sub control messages that were not understood.
+    pub bad_requests: AtomicU64,
+}
 
 pub fn render(stats: &Stats, service: &ServiceCounters, cluster: Option<&ClusterMetrics>) -> String {
     let mut out = String::with_capacity(4096);
@@ -85,7 +93,7 @@ pub fn render(stats: &Stats, service: &ServiceCounters, cluster: Option<&Cluster
         &[(String::new(), service.bad_requests.load(Ordering::Relaxed))],
     );
     if let Some(cluster) = cluster {
-        let get = |counter: &std::sync::atomic::AtomicU64| vec![(String::new(), counter.load(Ordering::Relaxed))];
+        let get = |counter: &AtomicU64| vec![(String::new(), counter.load(Ordering::Relaxed))];
         metric(
             "ringcast_cluster_up",
             "gauge",

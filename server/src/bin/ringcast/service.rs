@@ -2,13 +2,13 @@
 //! endpoints (POST /publish, /metrics, /healthz, the status page).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use ringcast::{Allow, Connection, Handler, HttpRequest, HttpResponse, PreparedMessage, Request};
 use simd_json::prelude::*;
 
 use crate::cluster::{Cluster, Scope};
-use crate::metrics;
+use crate::metrics::{self, ServiceCounters};
 use crate::settings::Mode;
 
 /// The WebSocket path of the status page's live feed.
@@ -34,15 +34,6 @@ pub enum Role {
 #[derive(Debug, Default)]
 pub struct Peer {
     pub role: Role,
-}
-
-/// Counters of the service itself (the server keeps the transport's).
-#[derive(Debug, Default)]
-pub struct ServiceCounters {
-    /// Messages accepted for fan-out (WebSocket publishers, POST /publish, relay, topics).
-    pub published: AtomicU64,
-    /// Pub/sub control messages that were not understood.
-    pub bad_requests: AtomicU64,
 }
 
 pub struct Service {
