@@ -1,4 +1,5 @@
 //! Shared helpers for the benchmarks.
+#![forbid(unsafe_code)]
 
 use ringcast_codec::bytes::BytesMut;
 use ringcast_codec::{OpCode, encode_masked_frame};

@@ -7,8 +7,9 @@
 //!
 //! Kernels, fastest first: AVX2 (32-byte lanes, detected at run time), SSE2 (16-byte
 //! lanes, always present on x86_64), NEON (16-byte lanes, always present on aarch64),
-//! and a portable 8-byte word loop. This is the only module of the crate with `unsafe`:
-//! the SIMD loads and stores, each on a slice whose length is checked by `chunks_exact`.
+//! and a portable 8-byte word loop. The `unsafe` here is the SIMD loads and stores, each on
+//! a slice whose length `chunks_exact` guarantees (the crate's only other `unsafe` is in
+//! `utf8.rs`, reading bytes validated on construction as `str`).
 #![allow(unsafe_code)]
 
 /// A masking kernel, for tests and benchmarks that pin one implementation.

@@ -14,6 +14,7 @@
 //! | 3 | low 4 bits: number `n` of chunk sizes that follow (0: the whole input in one read) |
 //! | 4 .. 4+n | chunk sizes minus one (1..=256 bytes), used in turn, cycling |
 //! | rest | the wire bytes |
+#![forbid(unsafe_code)]
 
 use arbitrary::Unstructured;
 use ringcast_codec::bytes::BytesMut;
