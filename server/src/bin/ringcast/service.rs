@@ -79,14 +79,8 @@ impl Service {
     }
 
     /// Relay mode: to every other client, here and on the other nodes.
-    fn relay(&self, conn: &Connection<'_, Self>, binary: bool, payload: &[u8]) {
+    fn relay(&self, conn: &Connection<'_, Self>, message: PreparedMessage, binary: bool, payload: &[u8]) {
         self.counters.published.fetch_add(1, Ordering::Relaxed);
-        let split = conn.broadcaster().split();
-        let message = if binary {
-            PreparedMessage::binary(payload, split)
-        } else {
-            PreparedMessage::text(&as_text(payload), split)
-        };
         let sender = conn.id();
         conn.send_to(&message, move |c| c.id() != sender && c.data().role == Role::Client);
         self.to_cluster(&Scope::Relay, binary, payload);
@@ -267,7 +261,9 @@ impl Handler for Service {
                 self.fan_out(conn, PreparedMessage::text(text, conn.broadcaster().split()), false, text.as_bytes());
             }
             (Mode::Broadcast, _) => {}
-            (Mode::Relay, _) => self.relay(conn, false, text.as_bytes()),
+            (Mode::Relay, _) => {
+                self.relay(conn, PreparedMessage::text(text, conn.broadcaster().split()), false, text.as_bytes());
+            }
             (Mode::Pubsub, _) => self.pubsub(conn, text),
             (Mode::Echo, _) => {
                 let _ = conn.send_text(text);
@@ -282,7 +278,7 @@ impl Handler for Service {
                 self.fan_out(conn, PreparedMessage::binary(data, conn.broadcaster().split()), true, data);
             }
             (Mode::Broadcast, _) => {}
-            (Mode::Relay, _) => self.relay(conn, true, data),
+            (Mode::Relay, _) => self.relay(conn, PreparedMessage::binary(data, conn.broadcaster().split()), true, data),
             (Mode::Pubsub, _) => {
                 self.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
                 let _ = conn.send_text(r#"{"event":"error","error":"pubsub mode takes JSON text messages"}"#);
