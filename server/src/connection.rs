@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use ringcast_codec::handshake::Request;
-use ringcast_codec::{CloseCode, OpCode, PreparedMessage};
+use ringcast_codec::{CloseCode, OpCode, PreparedMessage, Split};
 
 use crate::handler::{DisconnectReason, Handler};
 use crate::io::Link;
@@ -188,22 +188,27 @@ impl<H: Handler> Connection<'_, H> {
 
     /// Queues a text message (split into frames if the server is configured to).
     pub fn send_text(&mut self, text: &str) -> Result<(), SendError> {
-        let message = PreparedMessage::text(text, self.shard.config.split);
-        self.send_prepared(&message)
+        self.send_data(|split| PreparedMessage::text(text, split))
     }
 
     /// Queues a binary message (split into frames if the server is configured to).
     pub fn send_binary(&mut self, data: &[u8]) -> Result<(), SendError> {
-        let message = PreparedMessage::binary(data, self.shard.config.split);
-        self.send_prepared(&message)
+        self.send_data(|split| PreparedMessage::binary(data, split))
     }
 
     /// Queues an already encoded message: the same bytes may go to many connections.
     pub fn send_prepared(&mut self, message: &PreparedMessage) -> Result<(), SendError> {
+        self.send_data(|_| message.clone())
+    }
+
+    /// Encodes (only if the connection can take data) and queues a data message; the
+    /// encoded bytes move into the queue.
+    fn send_data(&mut self, encode: impl FnOnce(Split) -> PreparedMessage) -> Result<(), SendError> {
         if !self.conn.accepts_data() {
             return Err(SendError::NotOpen);
         }
-        self.shard.enqueue(self.conn, OutFrame::single(message.as_bytes().clone()))
+        let message = encode(self.shard.config.split);
+        self.shard.enqueue(self.conn, OutFrame::single(message.into_bytes()))
     }
 
     /// Queues one raw frame with the given opcode and FIN bit, for applications that
