@@ -15,8 +15,9 @@ use bytes::Bytes;
 #[derive(Debug)]
 pub(crate) struct Outgoing {
     pub(crate) bytes: Bytes,
-    /// When the message was handed to the server, for publish-to-write latency.
-    pub(crate) published: Instant,
+    /// When the message was handed to the server, for publish-to-write latency; `None`
+    /// for bytes that are not a delivery (the handshake response).
+    pub(crate) published: Option<Instant>,
 }
 
 /// A queued reference to an [`Outgoing`] message, with how much of it was already written.
@@ -33,7 +34,13 @@ impl OutFrame {
 
     /// A frame owned by one connection (a reply, a unicast send).
     pub(crate) fn single(bytes: Bytes) -> Self {
-        Self::new(Rc::new(Outgoing { bytes, published: Instant::now() }))
+        Self::new(Rc::new(Outgoing { bytes, published: Some(Instant::now()) }))
+    }
+
+    /// Bytes for one connection that are not a message (the handshake response): written
+    /// in order with the frames, left out of the delivery latency.
+    pub(crate) fn untimed(bytes: Bytes) -> Self {
+        Self::new(Rc::new(Outgoing { bytes, published: None }))
     }
 
     /// The bytes still to be written.
@@ -51,7 +58,7 @@ impl OutFrame {
         self.start = (self.start + n).min(self.message.bytes.len());
     }
 
-    pub(crate) fn published(&self) -> Instant {
+    pub(crate) fn published(&self) -> Option<Instant> {
         self.message.published
     }
 }
@@ -83,7 +90,7 @@ mod tests {
 
     #[test]
     fn clones_share_one_buffer_and_advance_independently() {
-        let message = Rc::new(Outgoing { bytes: Bytes::from_static(b"0123456789"), published: Instant::now() });
+        let message = Rc::new(Outgoing { bytes: Bytes::from_static(b"0123456789"), published: None });
         let a = OutFrame::new(message.clone());
         let mut b = a.clone();
         assert_eq!(a.stable_ptr(), b.stable_ptr(), "no per-connection copy");

@@ -150,7 +150,7 @@ impl<H: Handler> Shard<H> {
         while let Some(command) = commands.recv().await {
             match command {
                 Command::Send { bytes, published, target } => {
-                    let message = Rc::new(Outgoing { bytes, published });
+                    let message = Rc::new(Outgoing { bytes, published: Some(published) });
                     self.fan_out(&message, &target);
                 }
                 Command::Stop => break,
@@ -335,16 +335,19 @@ impl<H: Handler> Shard<H> {
                     .await);
             }
         }
-        if let Err(e) = link.write_all(handshake::accept_response(&accept, None, "")).await {
-            return Err(self.end_reason(id).unwrap_or(DisconnectReason::Io(e.to_string())));
-        }
         {
+            // The 101 goes through the connection's queue: the connection is open from the
+            // moment the response is committed, and anything sent to it afterwards (a
+            // broadcast racing with the handshake, a welcome from the handler) is written
+            // after the response, in order. The client may act as soon as it reads the 101.
             let mut table = self.table.borrow_mut();
             let conn = table.get_mut(id).ok_or(DisconnectReason::Timeout)?;
             conn.phase = Phase::Open;
             conn.request = Some(request);
             conn.deadline = None;
             conn.last_read = Instant::now();
+            let response = handshake::accept_response(&accept, None, "");
+            self.push(conn, OutFrame::untimed(response.into()));
         }
         self.stats.handshakes_accepted.add(1);
         self.stats.websockets.add(1);
@@ -577,7 +580,7 @@ impl<H: Handler> Shard<H> {
             let published = Instant::now();
             for (bytes, target) in pending {
                 self.broadcaster.send_to_others(self.index, &bytes, published, &target);
-                self.fan_out(&Rc::new(Outgoing { bytes, published }), &target);
+                self.fan_out(&Rc::new(Outgoing { bytes, published: Some(published) }), &target);
             }
         }
     }
@@ -730,9 +733,11 @@ impl<H: Handler> Shard<H> {
                 break;
             }
             left -= frame.len();
-            oldest.get_or_insert(frame.published());
+            if let Some(published) = frame.published() {
+                oldest.get_or_insert(published);
+                done += 1;
+            }
             conn.queue.pop_front();
-            done += 1;
         }
         if let Some(published) = oldest {
             self.stats.record_latency(now.duration_since(published), done);
