@@ -161,13 +161,16 @@ impl MessageAssembler {
             OpCode::Close => Incoming::Close(CloseFrame::parse(&payload)?),
             _ if self.assembly == Assembly::Frames => self.push_fragment(header, payload, checked)?,
             OpCode::Text | OpCode::Binary if header.fin => {
-                if checked > 0 {
-                    // Started validating while the frame arrived: finish that pass.
+                if header.opcode == OpCode::Text && checked > 0 {
+                    // Started validating while the frame arrived: finish that pass, which
+                    // then covers the whole message.
                     let result = self.utf8.feed(unchecked, true);
                     self.utf8.reset();
                     result.map_err(|_| ProtocolError::InvalidUtf8)?;
+                    Incoming::Text(Utf8Bytes::from_validated(payload.freeze()))
+                } else {
+                    whole_message(header.opcode, payload.freeze())?
                 }
-                whole_message(header.opcode, payload.freeze())?
             }
             OpCode::Text | OpCode::Binary => {
                 if header.opcode == OpCode::Text {
@@ -192,10 +195,8 @@ impl MessageAssembler {
                 let done = self.partial.take().map(|p| (p.opcode, p.data.freeze()));
                 self.utf8.reset();
                 match done {
-                    Some((OpCode::Text, data)) => Incoming::Text(
-                        // Validated fragment by fragment above.
-                        Utf8Bytes::try_from_bytes(data).map_err(|_| ProtocolError::InvalidUtf8)?,
-                    ),
+                    // Validated fragment by fragment above, the last one with `last = true`.
+                    Some((OpCode::Text, data)) => Incoming::Text(Utf8Bytes::from_validated(data)),
                     Some((_, data)) => Incoming::Binary(data),
                     None => return Err(ProtocolError::UnexpectedContinuation),
                 }

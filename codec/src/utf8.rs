@@ -89,6 +89,13 @@ impl Utf8Bytes {
         Ok(Utf8Bytes(bytes))
     }
 
+    /// Wraps bytes that a [`Utf8Validator`] of this crate has just accepted as a whole
+    /// message (fed to the end with `last = true`), so they are not validated twice.
+    pub(crate) fn from_validated(bytes: Bytes) -> Self {
+        debug_assert!(simdutf8::basic::from_utf8(&bytes).is_ok());
+        Utf8Bytes(bytes)
+    }
+
     /// Wraps a string without validation (it is UTF-8 already).
     pub fn from_static(text: &'static str) -> Self {
         Utf8Bytes(Bytes::from_static(text.as_bytes()))
@@ -96,8 +103,9 @@ impl Utf8Bytes {
 
     /// The text.
     pub fn as_str(&self) -> &str {
-        // SAFETY: every constructor either validates the bytes or takes them from a
-        // `str`, and `Bytes` is immutable, so the contents are valid UTF-8.
+        // SAFETY: every constructor either validates the bytes, takes them from a `str`, or
+        // (`from_validated`, crate-private) receives bytes the crate's `Utf8Validator`
+        // accepted to the end; `Bytes` is immutable, so the contents are valid UTF-8.
         unsafe { std::str::from_utf8_unchecked(&self.0) }
     }
 
