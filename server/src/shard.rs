@@ -35,8 +35,7 @@ const MAX_READ: usize = 1 << 20;
 /// Reads grow up to this size while traffic fills them.
 const MAX_STEADY_READ: usize = 64 << 10;
 
-/// Answers a connection over the limit with 503 (plain connections; a TLS client just
-/// sees the connection close) without giving it a slot.
+/// Answers a plain connection over the limit with 503, without giving it a slot.
 async fn refuse_busy(socket: crate::io::Socket) {
     let response = handshake::error_response(503, "Retry-After: 1\r\n", "connection limit reached\n");
     let link = Link::new(socket, None);
@@ -171,7 +170,11 @@ impl<H: Handler> Shard<H> {
                 Ok((socket, peer)) => {
                     if !self.admit_connection() {
                         tracing::debug!(shard = self.index, %peer, "connection refused: limit reached");
-                        tokio::task::spawn_local(refuse_busy(socket));
+                        // A plain client is told why; a TLS client cannot read plain HTTP and
+                        // just sees the connection close.
+                        if self.tls.is_none() {
+                            tokio::task::spawn_local(refuse_busy(socket));
+                        }
                         continue;
                     }
                     let Some(link) = self.link(socket) else { continue };

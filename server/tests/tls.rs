@@ -74,7 +74,7 @@ fn python_and_node_clients_talk_wss_and_verify_the_certificate() {
 }
 
 #[test]
-fn broadcast_is_encrypted_per_connection() {
+fn broadcast_reaches_every_tls_client() {
     let certs = TestCerts::localhost();
     for backend in BACKENDS {
         let server = start(files(&certs), backend);
@@ -234,4 +234,29 @@ fn bad_tls_files_fail_at_start_naming_the_file() {
     assert!(mismatched.to_string().contains("do not form a valid pair"), "{mismatched}");
     let bad_root = start_with(TlsFiles { root_certificate: Some(certs.key_file.clone()), ..files(&certs) });
     assert!(bad_root.to_string().contains(certs.key_file.to_str().unwrap()), "{bad_root}");
+}
+
+#[test]
+fn a_full_tls_server_closes_extra_connections_without_plain_http() {
+    use std::io::Read;
+    let certs = TestCerts::localhost();
+    let server = Server::builder()
+        .bind([127, 0, 0, 1].into())
+        .port(0)
+        .workers(2)
+        .max_connections(1)
+        .tls(files(&certs))
+        .start(Echo)
+        .expect("start wss server");
+    let url = format!("wss://localhost:{}/", server.local_addr().port());
+    let mut peer = Peer::node();
+    peer.connect("first", &url, &ConnectOpts::new().ca_file(&certs.ca_file));
+    // The next connection is closed at once: a plain "503" would be garbage to TLS.
+    let mut extra = std::net::TcpStream::connect(server.local_addr()).unwrap();
+    extra.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    let mut bytes = Vec::new();
+    let _ = extra.read_to_end(&mut bytes);
+    assert!(bytes.is_empty(), "got {:?}", String::from_utf8_lossy(&bytes));
+    assert!(peer.try_connect("second", &url, &ConnectOpts::new().ca_file(&certs.ca_file)).is_err());
+    server.stop();
 }
