@@ -275,7 +275,7 @@ def main():
 
     if not args.no_build:
         t = time.time()
-        run(["cargo", "build", "--release", "-p", "ringcast", "-p", "ringcast-loadgen"])
+        run(["cargo", "build", "--release", "-p", "ringcast-service", "-p", "ringcast-loadgen"])
         for b in baselines:
             run(["cargo", "build", "--release", "--locked", "--manifest-path", f"{PEERS[b]}/Cargo.toml"])
         timings["build"] = time.time() - t

@@ -2,10 +2,10 @@
 //! `ringcast-loadgen broadcast` run against it (500 clients, 2 seconds). It asserts zero
 //! loss, exit status 0 and that every output was written; it asserts no speed.
 //!
-//! `CARGO_BIN_EXE_ringcast` exists only for the server package's own tests, so the server
+//! `CARGO_BIN_EXE_ringcast` exists only for the service package's own tests, so the server
 //! binary is found next to this test's directory (`target/<profile>/ringcast`, built by
 //! the same `cargo test`/`nextest` run of the workspace), and built with
-//! `cargo build -p ringcast --bin ringcast` when it is missing (`RINGCAST_BIN` overrides).
+//! `cargo build -p ringcast-service --bin ringcast` when it is missing (`RINGCAST_BIN` overrides).
 //! Running the real binary rather than an in-process server keeps the test honest about
 //! what `make bench` measures.
 
@@ -36,7 +36,7 @@ fn ringcast_binary() -> PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
         let mut build = Command::new(cargo);
-        build.current_dir(workspace).args(["build", "-p", "ringcast", "--bin", "ringcast"]);
+        build.current_dir(workspace).args(["build", "-p", "ringcast-service", "--bin", "ringcast"]);
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             build.arg("--release");
         }
