@@ -650,6 +650,7 @@ impl<H: Handler> Shard<H> {
         match (kind, conn.held.as_mut()) {
             (Outbound::Message, Some(held)) => {
                 conn.queued_bytes += len;
+                self.stats.queued_bytes.add(len as u64);
                 held.push_back(frame);
             }
             (Outbound::Fragment { fin: false }, _) => {
@@ -660,6 +661,7 @@ impl<H: Handler> Shard<H> {
                 self.push(conn, frame);
                 for waiting in conn.held.take().into_iter().flat_map(|held| *held) {
                     conn.queued_bytes -= waiting.len();
+                    self.stats.queued_bytes.sub(waiting.len() as u64);
                     self.push(conn, waiting);
                 }
             }
@@ -671,6 +673,7 @@ impl<H: Handler> Shard<H> {
     /// Queues a frame and puts the connection on the list that the next flush writes.
     fn push(self: &Rc<Self>, conn: &mut ConnState<H::Data>, frame: OutFrame) {
         conn.queued_bytes += frame.len();
+        self.stats.queued_bytes.add(frame.len() as u64);
         conn.queue.push_back(frame);
         if !conn.writing && !conn.flush_pending {
             conn.flush_pending = true;
@@ -726,6 +729,7 @@ impl<H: Handler> Shard<H> {
     /// Takes `written` bytes off the front of `conn`'s queue and counts them.
     fn account_write(&self, conn: &mut ConnState<H::Data>, written: usize, now: Instant) {
         conn.queued_bytes -= written;
+        self.stats.queued_bytes.sub(written as u64);
         self.stats.bytes_out.add(written as u64);
         let mut left = written;
         let mut done = 0;
@@ -752,6 +756,7 @@ impl<H: Handler> Shard<H> {
         conn.end_reason.get_or_insert(reason);
         conn.writing = false;
         conn.queue.clear();
+        self.stats.queued_bytes.sub(conn.queued_bytes as u64);
         conn.queued_bytes = 0;
         if let Some(waker) = conn.drain_waker.take() {
             waker.wake();
@@ -872,6 +877,8 @@ impl<H: Handler> Shard<H> {
         }
         conn.phase = Phase::Gone;
         conn.queue.clear();
+        self.stats.queued_bytes.sub(conn.queued_bytes as u64);
+        conn.queued_bytes = 0;
         tracing::debug!(shard = self.index, %id, ?reason, "disconnected");
         // The handler still sees the connection's topics; the index forgets them after.
         self.handler.on_disconnect(&mut Connection { shard: self, conn: &mut conn }, &reason);

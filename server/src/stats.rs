@@ -67,6 +67,8 @@ pub struct ShardStats {
     pub latency_sum_us: Counter,
     /// 1 when the shard runs on io_uring, 0 on epoll.
     pub io_uring: Counter,
+    /// Bytes queued on this shard's connections and not yet written (a gauge).
+    pub queued_bytes: Counter,
 }
 
 impl ShardStats {
@@ -86,6 +88,8 @@ pub struct Stats {
     pub connections: Vec<u64>,
     /// Per shard: whether it runs on io_uring.
     pub io_uring: Vec<bool>,
+    /// Per shard: bytes queued on its connections and not yet written.
+    pub queued_bytes: Vec<u64>,
     /// Upgraded WebSocket connections.
     pub websockets: u64,
     /// Upgrades completed.
@@ -120,6 +124,7 @@ impl Stats {
         for shard in shards {
             stats.connections.push(shard.connections.get());
             stats.io_uring.push(shard.io_uring.get() == 1);
+            stats.queued_bytes.push(shard.queued_bytes.get());
             stats.websockets += shard.websockets.get();
             stats.handshakes_accepted += shard.handshakes_accepted.get();
             stats.handshakes_refused += shard.handshakes_refused.get();
