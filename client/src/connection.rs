@@ -456,7 +456,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             if self.discarding() {
                 self.rbuf.clear();
             } else {
-                match self.decoder.decode(&mut self.rbuf) {
+                match self.decoder.decode_buf(&mut self.rbuf) {
                     Ok(Some(incoming)) => {
                         progress = true;
                         self.incoming(incoming);
@@ -475,7 +475,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                     }
                 }
             }
-            let want = self.read_size.max(self.decoder.needed());
+            let want = self.read_size;
             if self.rbuf.capacity() - self.rbuf.len() < want {
                 self.rbuf.reserve(want);
             }
@@ -504,17 +504,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         self.close_received || self.failed
     }
 
-    fn incoming(&mut self, incoming: Incoming) {
+    fn incoming(&mut self, incoming: Incoming<'static>) {
         let message = match incoming {
-            Incoming::Text(text) => Message::Text(text),
-            Incoming::Binary(data) => Message::Binary(data),
+            Incoming::Text(text) => Message::Text(text.into_utf8_bytes()),
+            Incoming::Binary(data) => Message::Binary(data.into_bytes()),
             Incoming::Ping(payload) => {
                 if !self.close_sent {
                     self.queue(masked_frame(OpCode::Pong, &payload));
                 }
-                Message::Ping(payload)
+                Message::Ping(payload.into_bytes())
             }
-            Incoming::Pong(payload) => Message::Pong(payload),
+            Incoming::Pong(payload) => Message::Pong(payload.into_bytes()),
             Incoming::Close(frame) => {
                 self.close_received = true;
                 // Echo the code (RFC 6455 §5.5.1), without the reason.

@@ -6,15 +6,16 @@
 //!
 //! - [`handshake`]: the HTTP/1.1 upgrade, for servers ([`handshake::Request`],
 //!   [`handshake::validate_upgrade`]) and clients ([`handshake::ClientHandshake`]).
-//! - [`Decoder`]: incremental frame parsing, in-place SIMD unmasking
-//!   ([`apply_mask`]) and message assembly with UTF-8 validation across fragments.
+//! - [`Decoder`]: incremental frame parsing straight out of the caller's input, in-place
+//!   SIMD unmasking ([`apply_mask`]) and message assembly with UTF-8 validation across
+//!   fragments. Whole frames are handed out as borrowed slices of the input; only a frame
+//!   or message the input ends inside is copied, into memory the decoder owns.
 //! - [`PreparedMessage`]: a message encoded once — optionally [split](Split) into
 //!   frames no larger than a given size, header included — into shareable [`bytes::Bytes`].
 //!
 //! # Example: a server's view of one connection
 //!
 //! ```
-//! use bytes::BytesMut;
 //! use ringcast_codec::handshake::{self, Request, RequestParse, UpgradeChecks};
 //! use ringcast_codec::{Decoder, DecoderConfig, Incoming, PreparedMessage, Role, Split};
 //!
@@ -29,8 +30,11 @@
 //!
 //! // 2. Frames from the client: a masked "Hello" (RFC 6455 §5.7).
 //! let mut decoder = Decoder::new(DecoderConfig::new(Role::Server));
-//! let mut buf = BytesMut::from(&[0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58][..]);
-//! assert_eq!(decoder.decode(&mut buf)?, Some(Incoming::Text("Hello".into())));
+//! let mut read = [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
+//! let mut input = &mut read[..]; // e.g. a receive buffer the kernel filled
+//! assert_eq!(decoder.decode(&mut input)?, Some(Incoming::Text("Hello".into())));
+//! assert_eq!(decoder.decode(&mut input)?, None); // all consumed; nothing held
+//! assert!(!decoder.is_mid_message());
 //!
 //! // 3. A reply, encoded once and shareable between any number of connections.
 //! let reply = PreparedMessage::text("Hello back", Split::Whole);
@@ -54,7 +58,7 @@ pub use decoder::{Decoder, DecoderConfig};
 pub use error::ProtocolError;
 pub use frame::{FrameHeader, FrameRules, HeaderParse};
 pub use mask::{MaskKernel, apply_mask};
-pub use message::{Assembly, CloseFrame, Incoming, MessageAssembler};
+pub use message::{Assembly, CloseFrame, Incoming, Payload, Text};
 pub use prepared::{FrameSizeError, MIN_FRAME_SIZE, PreparedMessage, Split, close_payload, encode_masked_frame};
 pub use protocol::{CloseCode, OpCode, Role};
 pub use utf8::{Utf8Bytes, Utf8Error, Utf8Validator};

@@ -298,7 +298,7 @@ mod tests {
         let close = PreparedMessage::close(CloseCode::Away, &long);
         let mut decoder = Decoder::new(DecoderConfig::new(Role::Client));
         let mut buf = BytesMut::from(close.as_bytes().as_ref());
-        let Some(Incoming::Close(Some(CloseFrame { code, reason }))) = decoder.decode(&mut buf).unwrap() else {
+        let Some(Incoming::Close(Some(CloseFrame { code, reason }))) = decoder.decode_buf(&mut buf).unwrap() else {
             panic!("expected a close frame");
         };
         assert_eq!(code, CloseCode::Away);

@@ -89,8 +89,11 @@ impl Utf8Bytes {
         Ok(Utf8Bytes(bytes))
     }
 
-    /// Wraps bytes that a [`Utf8Validator`] of this crate has just accepted as a whole
-    /// message (fed to the end with `last = true`), so they are not validated twice.
+    /// Wraps bytes this crate has validated itself, so they are not validated twice:
+    /// either gathered into memory the decoder owns and fed, in order, to a
+    /// [`Utf8Validator`] to the end with `last = true`, or a slice validated as a `&str`
+    /// and frozen into `Bytes` without any write in between. Crate-private on purpose: no
+    /// caller can claim validation on the crate's behalf.
     pub(crate) fn from_validated(bytes: Bytes) -> Self {
         debug_assert!(simdutf8::basic::from_utf8(&bytes).is_ok());
         Utf8Bytes(bytes)
@@ -104,8 +107,9 @@ impl Utf8Bytes {
     /// The text.
     pub fn as_str(&self) -> &str {
         // SAFETY: every constructor either validates the bytes, takes them from a `str`, or
-        // (`from_validated`, crate-private) receives bytes the crate's `Utf8Validator`
-        // accepted to the end; `Bytes` is immutable, so the contents are valid UTF-8.
+        // (`from_validated`, crate-private) receives bytes this crate validated in memory
+        // no caller could write to in between (see `from_validated`); `Bytes` is
+        // immutable, so the contents are still valid UTF-8.
         unsafe { std::str::from_utf8_unchecked(&self.0) }
     }
 

@@ -4,7 +4,7 @@
 use bytes::BytesMut;
 use proptest::prelude::*;
 use ringcast_codec::{
-    Decoder, DecoderConfig, Incoming, MaskKernel, OpCode, PreparedMessage, Role, Split, apply_mask, encode_masked_frame,
+    Decoder, DecoderConfig, Incoming, MaskKernel, OpCode, Payload, PreparedMessage, Role, Split, apply_mask, encode_masked_frame,
 };
 
 /// Payload lengths that cover the 7-bit, 16-bit and 64-bit length encodings.
@@ -16,8 +16,29 @@ fn split() -> impl Strategy<Value = Split> {
     prop_oneof![Just(Split::Whole), (3usize..70_000).prop_map(|n| Split::frame_size(n).unwrap())]
 }
 
-/// Feeds `wire` to `decoder` in chunks of the given sizes (cycled) and collects events.
-fn decode_chunked(decoder: &mut Decoder, wire: &[u8], chunks: &[usize]) -> Vec<Incoming> {
+/// Feeds `wire` to `decoder` in chunks of the given sizes (cycled), each chunk a fresh
+/// input as a receive buffer would be, and collects the events (made owned).
+fn decode_chunked(decoder: &mut Decoder, wire: &[u8], chunks: &[usize]) -> Vec<Incoming<'static>> {
+    let mut events = Vec::new();
+    let mut at = 0;
+    let mut i = 0;
+    while at < wire.len() {
+        let n = chunks[i % chunks.len()].clamp(1, wire.len() - at);
+        let mut chunk = wire[at..at + n].to_vec();
+        at += n;
+        i += 1;
+        let mut input = &mut chunk[..];
+        while let Some(event) = decoder.decode(&mut input).expect("valid input") {
+            events.push(event.into_owned());
+        }
+        assert!(input.is_empty(), "decode returned None with input left");
+    }
+    assert!(!decoder.is_mid_message(), "{} bytes left over", decoder.buffered_bytes());
+    events
+}
+
+/// The same through [`Decoder::decode_buf`], appending each chunk to one `BytesMut`.
+fn decode_buf_chunked(decoder: &mut Decoder, wire: &[u8], chunks: &[usize]) -> Vec<Incoming<'static>> {
     let mut buf = BytesMut::new();
     let mut events = Vec::new();
     let mut at = 0;
@@ -27,11 +48,11 @@ fn decode_chunked(decoder: &mut Decoder, wire: &[u8], chunks: &[usize]) -> Vec<I
         buf.extend_from_slice(&wire[at..at + n]);
         at += n;
         i += 1;
-        while let Some(event) = decoder.decode(&mut buf).expect("valid input") {
+        while let Some(event) = decoder.decode_buf(&mut buf).expect("valid input") {
             events.push(event);
         }
     }
-    assert!(buf.is_empty(), "{} bytes left over", buf.len());
+    assert!(buf.is_empty(), "{} bytes left in the buffer", buf.len());
     events
 }
 
@@ -47,7 +68,9 @@ proptest! {
         }
         let mut decoder = Decoder::new(DecoderConfig::new(Role::Client));
         let events = decode_chunked(&mut decoder, message.as_bytes(), &chunks);
-        prop_assert_eq!(events, vec![Incoming::Binary(payload.into())]);
+        prop_assert_eq!(&events, &vec![Incoming::Binary(payload.clone().into())]);
+        let mut decoder = Decoder::new(DecoderConfig::new(Role::Client));
+        prop_assert_eq!(decode_buf_chunked(&mut decoder, message.as_bytes(), &chunks), events);
     }
 
     #[test]
@@ -55,7 +78,9 @@ proptest! {
         let message = PreparedMessage::text(&text, Split::frame_size(frame_size).unwrap());
         let mut decoder = Decoder::new(DecoderConfig::new(Role::Client));
         let events = decode_chunked(&mut decoder, message.as_bytes(), &[7, 1, 300]);
-        prop_assert_eq!(events, vec![Incoming::Text(text.as_str().into())]);
+        prop_assert_eq!(&events, &vec![Incoming::Text(text.as_str().into())]);
+        let mut decoder = Decoder::new(DecoderConfig::new(Role::Client));
+        prop_assert_eq!(decode_buf_chunked(&mut decoder, message.as_bytes(), &[300, 7, 1]), events);
     }
 
     #[test]
@@ -76,7 +101,7 @@ proptest! {
         let events = decode_chunked(&mut decoder, &wire, &chunks);
         let mut expected = Vec::new();
         if pieces.len() > 1 {
-            expected.push(Incoming::Ping(bytes::Bytes::from_static(b"mid")));
+            expected.push(Incoming::Ping(Payload::Borrowed(b"mid")));
         }
         expected.push(Incoming::Binary(payload.into()));
         prop_assert_eq!(events, expected);

@@ -512,7 +512,7 @@ impl Reader {
     /// The next message's `(seq, sent_ns, len)`; messages without a stamp are errors.
     async fn next(&mut self, stream: &mut Stream) -> Result<(u64, u64, usize), String> {
         loop {
-            while let Some(event) = self.decoder.decode(&mut self.buf).map_err(|e| format!("protocol: {e}"))? {
+            while let Some(event) = self.decoder.decode_buf(&mut self.buf).map_err(|e| format!("protocol: {e}"))? {
                 match event {
                     Incoming::Fragment { fin, payload, .. } => {
                         if let Some(stamped) = self.stamp.push(&payload, fin) {
@@ -536,7 +536,7 @@ impl Reader {
                     _ => {}
                 }
             }
-            self.buf.reserve(self.decoder.needed().max(READ_CHUNK));
+            self.buf.reserve(READ_CHUNK);
             if stream.read_buf(&mut self.buf).await.map_err(|e| describe("read", &e))? == 0 {
                 return Err("read: connection closed by the server".into());
             }
