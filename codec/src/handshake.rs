@@ -115,6 +115,7 @@ pub const fn reason_phrase(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        411 => "Length Required",
         413 => "Content Too Large",
         426 => "Upgrade Required",
         431 => "Request Header Fields Too Large",

@@ -29,6 +29,7 @@ pub struct Options {
 
 /// What happens to a connection whose unsent data reached the send-queue limit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SlowConsumerPolicy {
     /// Drop new messages for that connection (counted in
     /// [`Stats::dropped_messages`](crate::Stats::dropped_messages)); it keeps receiving
@@ -42,13 +43,14 @@ pub enum SlowConsumerPolicy {
 
 /// Which I/O backend the shards run on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum IoBackend {
     /// io_uring where the kernel allows it, else epoll. `RINGCAST_IO=epoll` forces epoll.
     #[default]
     Auto,
     /// io_uring only: starting fails where it is unavailable.
     IoUring,
-    /// tokio's epoll reactor on a current-thread runtime.
+    /// The same loop driven by epoll readiness.
     Epoll,
 }
 
@@ -84,8 +86,10 @@ pub struct Config {
     pub(crate) backend: IoBackend,
     pub(crate) max_connections: usize,
     pub(crate) max_http_body: usize,
-    pub(crate) read_buffer: usize,
     pub(crate) share_port: bool,
+    pub(crate) keep_request: bool,
+    pub(crate) recv_buffers: u16,
+    pub(crate) recv_buffer_size: usize,
 }
 
 impl Default for Config {
@@ -108,8 +112,10 @@ impl Default for Config {
             backend: IoBackend::Auto,
             max_connections: usize::MAX,
             max_http_body: 1 << 20,
-            read_buffer: 128,
             share_port: false,
+            keep_request: false,
+            recv_buffers: 256,
+            recv_buffer_size: 32 << 10,
         }
     }
 }
@@ -329,10 +335,22 @@ impl ServerBuilder {
         self
     }
 
-    /// The initial (and idle) read buffer per connection (default 128 bytes); it grows
-    /// while traffic needs more and shrinks back when the connection goes quiet.
-    pub fn read_buffer(mut self, bytes: usize) -> Self {
-        self.config.read_buffer = bytes.max(64);
+    /// Keep each connection's upgrade request for its whole life, so that
+    /// [`Connection::request`](crate::Connection::request) and selectors can read it
+    /// after the handshake (default off: a request head costs hundreds of bytes per idle
+    /// connection; copy what you need into the connection's data instead).
+    pub fn keep_request(mut self, keep: bool) -> Self {
+        self.config.keep_request = keep;
+        self
+    }
+
+    /// The io_uring backend's receive buffers, shared by all connections of a shard:
+    /// at most `count` buffers of `size` bytes each (default 256 × 32 KiB). Only as many
+    /// as the traffic needs are handed to the kernel, so an idle shard touches few of
+    /// them; a frame larger than one buffer is gathered into its connection.
+    pub fn recv_buffers(mut self, count: u16, size: usize) -> Self {
+        self.config.recv_buffers = count.clamp(2, 32768);
+        self.config.recv_buffer_size = size.clamp(256, u32::MAX as usize);
         self
     }
 

@@ -1,55 +1,77 @@
 //! ringcast: a WebSocket fan-out server on io_uring.
 //!
-//! One worker thread per core, each with its own runtime (tokio-uring, or tokio's epoll
-//! reactor where io_uring is unavailable), its own `SO_REUSEPORT` listener and its own
-//! connection table. A broadcast is encoded once ([`PreparedMessage`]), sent to each
-//! worker as one command, and queued on every selected connection as a shared reference
-//! to the same bytes; each connection writes everything queued with one `writev`.
+//! Each shard is one thread running an explicit event loop over its own io_uring (or,
+//! where io_uring is unavailable, the same loop over epoll readiness): multishot accept
+//! on its own `SO_REUSEPORT` listener, multishot recv into one shared pool of receive
+//! buffers, and every write of a loop turn submitted together with the wait for
+//! completions. A connection is a slot in the shard's table holding a sans-IO state
+//! machine — decoder, send queue, deadlines, your per-connection data — with no task and
+//! no buffer of its own while idle. A broadcast is encoded once and the same bytes are
+//! queued on every subscriber.
 //!
 //! # Example: a chat relay
 //!
 //! ```no_run
-//! use ringcast::{Connection, Handler, Server};
+//! use ringcast::{Connection, Handler, Server, Target};
 //!
 //! struct Chat;
 //!
 //! impl Handler for Chat {
 //!     type Data = ();
-//!     fn on_text(&self, conn: &mut Connection<'_, Self>, text: &str) {
-//!         conn.relay_text(text); // to everyone but the sender, on every worker
+//!     fn on_text(&self, conn: &mut Connection<'_, ()>, text: &str) {
+//!         // To everyone but the sender, on every shard.
+//!         conn.send_to(Target::AllExcept(conn.id()), text);
 //!     }
 //! }
 //!
 //! let server = Server::builder().port(8888).path("/chat").start(Chat)?;
-//! server.broadcast_text("welcome"); // from any thread
+//! server.broadcast("welcome"); // from any thread
 //! server.stop(); // close 1001 to every client, bounded drain
 //! # Ok::<(), ringcast::StartError>(())
 //! ```
 //!
+//! # Sending
+//!
+//! There is one send path: a [`Message`] (`&str` is text, `&[u8]` binary, or a
+//! [`PreparedMessage`] encoded once) and a [`Target`]: [`Broadcaster::send`] from
+//! anywhere, [`Connection::send`] to the connection an event is about, and
+//! [`Connection::send_to`] to others from inside a handler. The reference component's
+//! `BroadcastMessage`/`BroadcastData` are [`Broadcaster::broadcast`], and
+//! `SendMessageTo`/`SendDataTo` are `send(Target::select(selector), message)`.
+//!
 //! Events, per-connection user data ([`Handler::Data`]), the five reference options
-//! ([`Options`]), selectors over connections ([`Broadcaster::send_text_to`]) and
-//! frame splitting ([`ServerBuilder::split_messages`]) are described on their items.
+//! ([`Options`]) and frame splitting ([`ServerBuilder::split_messages`]) are described on
+//! their items.
+//!
+//! # Layout
+//!
+//! `conn` is the sans-IO connection (tested in memory with a virtual clock), `shard` the
+//! backend-independent table, handler calls, fan-out and timers, `io` the two drivers
+//! (the only code that touches sockets, and the crate's only `unsafe`, in `io::uring`),
+//! and `api` the handles handlers and other threads hold.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+mod api;
 mod config;
-mod connection;
+mod conn;
+mod event;
 mod handler;
-mod http;
+mod id;
 mod io;
-mod out_frame;
 mod server;
 mod shard;
 mod stats;
-mod tls;
+mod topics;
 
+pub use api::{Broadcaster, Connection, ConnectionRef, HttpRequest, HttpResponse, Message, Selector, Target};
 pub use config::{Config, DEFAULT_PORT, IoBackend, Options, ServerBuilder, SlowConsumerPolicy, TlsFiles};
-pub use connection::{Connection, ConnectionId, ConnectionRef, SendError};
-pub use handler::{Allow, DisconnectReason, Frame, Handler};
-pub use http::{HttpRequest, HttpResponse};
-pub use server::{Backend, Broadcaster, Selector, Server, ServerHandle, StartError};
+pub use event::{Allow, DisconnectReason, Frame, SendError};
+pub use handler::Handler;
+pub use id::ConnectionId;
+pub use io::tls::TlsError;
+pub use server::{Backend, Server, ServerHandle, StartError};
 pub use stats::{Counter, LATENCY_BUCKETS, ShardStats, Stats};
-pub use tls::TlsError;
 
 pub use ringcast_codec as codec;
 pub use ringcast_codec::handshake::Request;

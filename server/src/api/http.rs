@@ -9,18 +9,17 @@ use std::net::SocketAddr;
 
 use ringcast_codec::handshake::{Request, reason_phrase};
 
-use crate::handler::Handler;
-use crate::server::Broadcaster;
+use crate::api::broadcaster::Broadcaster;
 
-/// A plain HTTP request, passed to [`Handler::on_http`].
-pub struct HttpRequest<'a, H: Handler> {
+/// A plain HTTP request, passed to [`Handler::on_http`](crate::Handler::on_http).
+pub struct HttpRequest<'a, D> {
     pub(crate) request: &'a Request,
     pub(crate) body: &'a [u8],
     pub(crate) peer: SocketAddr,
-    pub(crate) broadcaster: &'a Broadcaster<H>,
+    pub(crate) broadcaster: &'a Broadcaster<D>,
 }
 
-impl<H: Handler> HttpRequest<'_, H> {
+impl<D> HttpRequest<'_, D> {
     /// The request head: method, target, headers.
     pub fn head(&self) -> &Request {
         self.request
@@ -37,12 +36,12 @@ impl<H: Handler> HttpRequest<'_, H> {
     }
 
     /// A handle to send to WebSocket connections, e.g. to publish the body.
-    pub fn broadcaster(&self) -> &Broadcaster<H> {
+    pub fn broadcaster(&self) -> &Broadcaster<D> {
         self.broadcaster
     }
 }
 
-/// A response to a plain HTTP request.
+/// A response to a plain HTTP request; the connection closes after it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpResponse {
     status: u16,
@@ -88,7 +87,7 @@ impl HttpResponse {
         self.status
     }
 
-    /// The answer to a plain request on a WebSocket-only port.
+    /// The answer to a plain request the handler does not serve.
     pub(crate) fn upgrade_required() -> Self {
         Self::text(426, "this endpoint speaks WebSocket\n")
             .header("Upgrade", "websocket")
@@ -112,18 +111,6 @@ impl HttpResponse {
         let mut out = head.into_bytes();
         out.extend_from_slice(&self.body);
         out
-    }
-}
-
-/// The `Content-Length` of a request: `Ok(0)` without one, `Err(())` if malformed or
-/// chunked (unsupported).
-pub(crate) fn content_length(request: &Request) -> Result<usize, ()> {
-    if request.header_bytes("transfer-encoding").is_some() {
-        return Err(());
-    }
-    match request.header("content-length") {
-        None => Ok(0),
-        Some(value) => value.trim().parse().map_err(|_| ()),
     }
 }
 

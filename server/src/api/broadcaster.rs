@@ -1,0 +1,167 @@
+//! Sending from anywhere: [`Broadcaster`] encodes a message once and hands each shard one
+//! command through its [`Mailbox`], which wakes the shard's loop.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use ringcast_codec::Split;
+
+use crate::api::target::{Message, Target};
+use crate::stats::{ShardStats, Stats};
+
+/// One encoded message on its way to the shards; each shard shares these bytes between
+/// all of its recipients.
+#[derive(Debug)]
+pub(crate) struct Broadcast {
+    pub(crate) bytes: Bytes,
+    /// When it was handed to the server (publish-to-write latency starts here).
+    pub(crate) published: Instant,
+}
+
+/// What shards receive from the rest of the server.
+pub(crate) enum Command<D> {
+    /// Queue a message on the targeted connections.
+    Send { message: Arc<Broadcast>, target: Target<D> },
+    /// Close every connection and stop.
+    Stop,
+}
+
+/// A shard's inbox: commands from other threads, and the eventfd that wakes the shard's
+/// loop when it is waiting. A sender writes the eventfd only when the shard said it is
+/// about to wait, so a busy shard costs its senders no system call.
+pub(crate) struct Mailbox<D> {
+    commands: Mutex<Vec<Command<D>>>,
+    parked: AtomicBool,
+    wake: EventFd,
+}
+
+impl<D> Mailbox<D> {
+    pub(crate) fn new() -> std::io::Result<Self> {
+        let wake = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
+        Ok(Mailbox { commands: Mutex::new(Vec::new()), parked: AtomicBool::new(false), wake })
+    }
+
+    /// Delivers a command and wakes the shard if it waits.
+    pub(crate) fn post(&self, command: Command<D>) {
+        self.commands.lock().unwrap_or_else(|e| e.into_inner()).push(command);
+        if self.parked.swap(false, Ordering::SeqCst) {
+            let _ = self.wake.write(1);
+        }
+    }
+
+    /// Moves every pending command into `into` (which should be empty, to reuse its
+    /// allocation).
+    pub(crate) fn take(&self, into: &mut Vec<Command<D>>) {
+        let mut commands = self.commands.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::swap(&mut *commands, into);
+    }
+
+    /// The shard is about to wait: returns `false` (do not wait) if commands arrived
+    /// meanwhile. Otherwise the next [`Mailbox::post`] writes the eventfd.
+    pub(crate) fn park(&self) -> bool {
+        self.parked.store(true, Ordering::SeqCst);
+        if self.commands.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+            return true;
+        }
+        self.parked.store(false, Ordering::SeqCst);
+        false
+    }
+
+    /// The shard is running again.
+    pub(crate) fn unpark(&self) {
+        self.parked.store(false, Ordering::SeqCst);
+    }
+
+    /// The eventfd the shard's loop waits on.
+    pub(crate) fn wake_fd(&self) -> &EventFd {
+        &self.wake
+    }
+
+    /// Resets the eventfd after it woke the loop.
+    pub(crate) fn clear_wake(&self) {
+        let _ = self.wake.read();
+    }
+}
+
+pub(crate) struct Router<D> {
+    pub(crate) shards: Vec<Arc<Mailbox<D>>>,
+    pub(crate) stats: Vec<Arc<ShardStats>>,
+    pub(crate) split: Split,
+}
+
+/// Sends messages to connections from any thread: one encode and one command per shard
+/// per message, never one per connection. Cheap to clone.
+///
+/// The reference component's sends map onto [`Broadcaster::send`]:
+///
+/// | reference | ringcast |
+/// | --- | --- |
+/// | `BroadcastMessage(text)` / `BroadcastData(bytes)` | `broadcast(text)` / `broadcast(bytes)` |
+/// | `SendMessageTo(text, selector)` / `SendDataTo(bytes, selector)` | `send(Target::select(selector), message)` |
+pub struct Broadcaster<D> {
+    pub(crate) router: Arc<Router<D>>,
+}
+
+impl<D> Clone for Broadcaster<D> {
+    fn clone(&self) -> Self {
+        Broadcaster { router: self.router.clone() }
+    }
+}
+
+impl<D> Broadcaster<D> {
+    /// Sends `message` to the connections `target` picks, on every shard.
+    ///
+    /// ```no_run
+    /// # fn demo(server: &ringcast::Broadcaster<()>, id: ringcast::ConnectionId) {
+    /// use ringcast::Target;
+    /// server.send(Target::All, "to everyone");
+    /// server.send(Target::topic("prices"), &b"\x01\x02"[..]);
+    /// server.send(Target::Connection(id), "just you");
+    /// server.send(Target::select(|conn| conn.peer_addr().ip().is_loopback()), "locals");
+    /// # }
+    /// ```
+    pub fn send<'a>(&self, target: Target<D>, message: impl Into<Message<'a>>) {
+        let message = Arc::new(Broadcast { bytes: message.into().encode(self.router.split), published: Instant::now() });
+        match &target {
+            Target::Connection(id) => {
+                if let Some(shard) = self.router.shards.get(id.shard()) {
+                    shard.post(Command::Send { message, target });
+                }
+            }
+            _ => {
+                for shard in &self.router.shards {
+                    shard.post(Command::Send { message: message.clone(), target: target.clone() });
+                }
+            }
+        }
+    }
+
+    /// Sends `message` to every open connection: `send(Target::All, message)`.
+    pub fn broadcast<'a>(&self, message: impl Into<Message<'a>>) {
+        self.send(Target::All, message);
+    }
+
+    /// How outgoing messages are split into frames.
+    pub fn split(&self) -> Split {
+        self.router.split
+    }
+
+    /// The current counters of every shard.
+    pub fn stats(&self) -> Stats {
+        Stats::collect(&self.router.stats)
+    }
+
+    /// The number of shards (worker threads).
+    pub fn shards(&self) -> usize {
+        self.router.shards.len()
+    }
+
+    pub(crate) fn stop_all(&self) {
+        for shard in &self.router.shards {
+            shard.post(Command::Stop);
+        }
+    }
+}

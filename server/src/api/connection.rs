@@ -1,0 +1,235 @@
+//! The handles a handler sees: [`Connection`] during an event, [`ConnectionRef`] in a
+//! selector. Both are thin views over the shard's connection state.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ringcast_codec::handshake::Request;
+use ringcast_codec::{CloseCode, OpCode, PreparedMessage};
+
+use crate::api::broadcaster::Broadcaster;
+use crate::api::target::{Message, Target};
+use crate::config::Config;
+use crate::conn::{Conn, OutFrame, Outbound, Overflow, Refused};
+use crate::event::SendError;
+use crate::id::ConnectionId;
+use crate::stats::ShardStats;
+use crate::topics::TopicIndex;
+
+/// The parts of a shard a handler reaches through its [`Connection`].
+pub(crate) struct ShardView<D> {
+    pub(crate) config: Arc<Config>,
+    pub(crate) broadcaster: Broadcaster<D>,
+    pub(crate) topics: TopicIndex,
+    pub(crate) stats: Arc<ShardStats>,
+    /// The time of the event being handled.
+    pub(crate) now: Instant,
+}
+
+impl<D> ShardView<D> {
+    /// Runs `f` on `conn` and keeps the shard's queued-bytes gauge in step with it.
+    pub(crate) fn tracked<R>(&self, conn: &mut Conn<D>, f: impl FnOnce(&mut Conn<D>, &Config, Instant) -> R) -> R {
+        let before = conn.queued_bytes();
+        let result = f(conn, &self.config, self.now);
+        let after = conn.queued_bytes();
+        if after >= before {
+            self.stats.queued_bytes.add((after - before) as u64);
+        } else {
+            self.stats.queued_bytes.sub((before - after) as u64);
+        }
+        result
+    }
+
+    /// Counts the outcome of queuing one delivery.
+    pub(crate) fn count(&self, result: Result<(), Refused>) -> Result<(), SendError> {
+        match result {
+            Ok(()) => self.stats.messages_out.add(1),
+            Err(Refused::Full(Overflow::Dropped)) => self.stats.dropped_messages.add(1),
+            Err(Refused::Full(Overflow::Disconnecting)) => self.stats.slow_consumer_disconnects.add(1),
+            Err(Refused::Error(_)) => {}
+        }
+        result.map_err(SendError::from)
+    }
+}
+
+/// A connection, as handlers see it during an event.
+///
+/// Sends queue bytes on the connection; they are written when the event returns,
+/// batched with everything else the shard queued in the same turn of its loop.
+pub struct Connection<'a, D> {
+    pub(crate) conn: &'a mut Conn<D>,
+    pub(crate) shard: &'a mut ShardView<D>,
+}
+
+impl<D> Connection<'_, D> {
+    /// This connection's server-wide id.
+    pub fn id(&self) -> ConnectionId {
+        self.conn.id()
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.conn.peer()
+    }
+
+    /// The upgrade request. Available in [`Handler::on_handshake_response_sent`]; after
+    /// that only if the server keeps requests
+    /// ([`ServerBuilder::keep_request`](crate::ServerBuilder::keep_request)), since a
+    /// request head costs hundreds of bytes per idle connection. Copy what you need into
+    /// [`Connection::data_mut`] instead.
+    ///
+    /// [`Handler::on_handshake_response_sent`]: crate::Handler::on_handshake_response_sent
+    pub fn request(&self) -> Option<&Request> {
+        self.conn.request()
+    }
+
+    /// The connection's user data.
+    pub fn data(&self) -> &D {
+        &self.conn.data
+    }
+
+    /// The connection's user data, mutably.
+    pub fn data_mut(&mut self) -> &mut D {
+        &mut self.conn.data
+    }
+
+    /// Whether the connection is open for data (upgraded, no close sent).
+    pub fn is_open(&self) -> bool {
+        self.conn.is_open()
+    }
+
+    /// Queues a message on this connection (split into frames if the server is
+    /// configured to). Text is encoded only if the connection can take it.
+    pub fn send<'m>(&mut self, message: impl Into<Message<'m>>) -> Result<(), SendError> {
+        if !self.conn.is_open() {
+            return Err(SendError::NotOpen);
+        }
+        let frame = OutFrame::single(message.into().encode(self.shard.config.split), self.shard.now);
+        let result = self.shard.tracked(self.conn, |conn, config, now| {
+            conn.send_data(frame, Outbound::Message, config, now)
+        });
+        self.shard.count(result)
+    }
+
+    /// Sends `message` to the connections `target` picks, on every shard (this
+    /// connection included if the target includes it): e.g.
+    /// `conn.send_to(Target::AllExcept(conn.id()), text)` relays to everyone else.
+    pub fn send_to<'m>(&self, target: Target<D>, message: impl Into<Message<'m>>) {
+        self.shard.broadcaster.send(target, message);
+    }
+
+    /// Queues one raw frame with the given opcode and FIN bit, for applications that
+    /// stream fragments themselves (e.g. in frame-by-frame mode). Other messages queued
+    /// meanwhile wait for the last fragment; control frames may go between.
+    pub fn send_frame(&mut self, opcode: OpCode, fin: bool, payload: &[u8]) -> Result<(), SendError> {
+        if opcode.is_control() && (payload.len() > 125 || !fin) {
+            return Err(SendError::ControlTooLong);
+        }
+        match opcode {
+            OpCode::Close => {
+                let frame = PreparedMessage::frame(OpCode::Close, true, payload).into_bytes();
+                self.shard.tracked(self.conn, |conn, config, now| conn.close(frame, config, now))
+            }
+            OpCode::Ping => self.ping(payload),
+            OpCode::Pong => self.pong(payload),
+            _ => {
+                if !self.conn.is_open() {
+                    return Err(SendError::NotOpen);
+                }
+                let frame = OutFrame::single(PreparedMessage::frame(opcode, fin, payload).into_bytes(), self.shard.now);
+                let result = self.shard.tracked(self.conn, |conn, config, now| {
+                    conn.send_data(frame, Outbound::Fragment { fin }, config, now)
+                });
+                self.shard.count(result)
+            }
+        }
+    }
+
+    /// Queues a ping.
+    pub fn ping(&mut self, payload: &[u8]) -> Result<(), SendError> {
+        let result = self.shard.tracked(self.conn, |conn, config, now| conn.send_ping(payload, config, now));
+        result.map_err(SendError::from)
+    }
+
+    /// Queues a pong (needed only with [`Options::manual_pong`](crate::Options::manual_pong)).
+    pub fn pong(&mut self, payload: &[u8]) -> Result<(), SendError> {
+        let result = self.shard.tracked(self.conn, |conn, config, now| conn.send_pong(payload, config, now));
+        result.map_err(SendError::from)
+    }
+
+    /// Starts the closing handshake with `code` and `reason` (cut to 123 bytes), or
+    /// answers the peer's close with them. The connection ends when the peer replies, or
+    /// after the close timeout.
+    pub fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), SendError> {
+        let frame = PreparedMessage::close(code, reason).into_bytes();
+        self.shard.tracked(self.conn, |conn, config, now| conn.close(frame, config, now))
+    }
+
+    /// Drops the TCP connection at once, without a closing handshake.
+    pub fn abort(&mut self) {
+        self.shard.tracked(self.conn, |conn, _, _| conn.abort());
+    }
+
+    /// Subscribes this connection to `topic`: messages sent to
+    /// [`Target::Topic`] (from any shard) reach it. Returns `false` if it was already
+    /// subscribed or is not open.
+    pub fn subscribe(&mut self, topic: &str) -> bool {
+        if !self.conn.is_open() || self.conn.topics.iter().any(|t| &**t == topic) {
+            return false;
+        }
+        let name = self.shard.topics.insert(topic, self.conn.id());
+        self.conn.topics.push(name);
+        true
+    }
+
+    /// Unsubscribes this connection from `topic`. Returns `false` if it was not subscribed.
+    pub fn unsubscribe(&mut self, topic: &str) -> bool {
+        let Some(position) = self.conn.topics.iter().position(|t| &**t == topic) else { return false };
+        self.conn.topics.swap_remove(position);
+        self.shard.topics.remove(topic, self.conn.id());
+        true
+    }
+
+    /// The topics this connection is subscribed to.
+    pub fn topics(&self) -> impl Iterator<Item = &str> {
+        self.conn.topics.iter().map(|t| &**t)
+    }
+
+    /// A handle for sending to any connection from anywhere, e.g. another thread.
+    pub fn broadcaster(&self) -> &Broadcaster<D> {
+        &self.shard.broadcaster
+    }
+}
+
+/// A read-only view of a connection, given to selectors.
+pub struct ConnectionRef<'a, D> {
+    pub(crate) conn: &'a Conn<D>,
+}
+
+impl<D> ConnectionRef<'_, D> {
+    /// The connection's id.
+    pub fn id(&self) -> ConnectionId {
+        self.conn.id()
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.conn.peer()
+    }
+
+    /// The upgrade request, if the server keeps requests (see [`Connection::request`]).
+    pub fn request(&self) -> Option<&Request> {
+        self.conn.request()
+    }
+
+    /// The connection's user data.
+    pub fn data(&self) -> &D {
+        &self.conn.data
+    }
+
+    /// The topics the connection is subscribed to.
+    pub fn topics(&self) -> impl Iterator<Item = &str> {
+        self.conn.topics.iter().map(|t| &**t)
+    }
+}

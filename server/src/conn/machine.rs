@@ -1,0 +1,725 @@
+//! The sans-IO state machine of one connection.
+//!
+//! [`Conn`] never touches a socket or a clock. The shard feeds it what happened —
+//! bytes read ([`Conn::poll_input`]), a write completed ([`Conn::handle_written`]), a
+//! deadline passed ([`Conn::handle_timeout`]), the peer hung up ([`Conn::handle_eof`]) —
+//! always with the time `now`, and polls it for what to do: frames to write
+//! ([`Conn::unsent`]), the next deadline ([`Conn::poll_timeout`]) and whether the
+//! connection has ended ([`Conn::poll_end`]). Every close path lives here, so it is
+//! tested in memory with a virtual clock (see `tests.rs`).
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use ringcast_codec::handshake::{self, Request, RequestParse, UpgradeChecks};
+use ringcast_codec::{CloseCode, Decoder, DecoderConfig, Incoming, Payload, PreparedMessage, ProtocolError};
+
+use crate::config::{Config, SlowConsumerPolicy};
+use crate::conn::queue::{Delivered, OutFrame, Outbound, SendQueue};
+use crate::event::{DisconnectReason, SendError};
+use crate::id::ConnectionId;
+
+/// Where a connection is in its life.
+#[derive(Debug)]
+enum Phase {
+    /// Reading the request head; `held` is what arrived of it in earlier inputs.
+    Head { held: Vec<u8> },
+    /// Reading the body of a plain HTTP request.
+    Body { request: Box<Request>, body: Vec<u8>, len: usize },
+    /// A request is with the shard for a decision (upgrade or HTTP answer).
+    Deciding,
+    /// Upgraded: messages flow.
+    Open,
+    /// Writing what is queued (a refusal, an HTTP answer, a close frame), then ending.
+    Draining(DisconnectReason),
+    /// Finished; the shard has not collected the reason yet.
+    Done(DisconnectReason),
+    /// Finished and collected: nothing more happens.
+    Ended,
+}
+
+/// What the shard must act on after feeding input: the upgrade and HTTP decisions belong
+/// to the handler, the rest is reported for dispatch and statistics.
+#[derive(Debug)]
+pub(crate) enum Event<'a> {
+    /// A valid upgrade request; answer with [`Conn::accept`] or [`Conn::refuse`].
+    Upgrade {
+        /// The request.
+        request: Box<Request>,
+        /// The `Sec-WebSocket-Accept` value to answer with.
+        accept: String,
+    },
+    /// A whole plain HTTP request; answer with [`Conn::respond`].
+    Http {
+        /// The request head.
+        request: Box<Request>,
+        /// Its body.
+        body: Payload<'a>,
+    },
+    /// A message or control frame from the peer. Automatic answers (a pong) are already
+    /// queued; after a close frame call [`Conn::after_close_frame`].
+    Message(Incoming<'a>),
+    /// The upgrade request was refused with this status; the answer is queued.
+    Refused(u16),
+    /// A plain HTTP request was refused with this status (unsupported or too large a
+    /// body); the answer is queued.
+    HttpRefused(u16),
+    /// The peer broke the protocol; the close frame is queued.
+    ProtocolError(ProtocolError),
+}
+
+/// The result of queuing a data message on a full queue, for the shard's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Overflow {
+    /// The message was dropped; the connection stays.
+    Dropped,
+    /// The connection is being closed with 1008.
+    Disconnecting,
+}
+
+/// Why a send failed, with what the slow-consumer policy did about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// Not open, or a control payload too long.
+    Error(SendError),
+    /// The queue is full.
+    Full(Overflow),
+}
+
+impl From<Refused> for SendError {
+    fn from(refused: Refused) -> Self {
+        match refused {
+            Refused::Error(e) => e,
+            Refused::Full(_) => SendError::QueueFull,
+        }
+    }
+}
+
+/// The sans-IO state machine of one connection: protocol phase, decoder, send queue,
+/// deadlines and the application's data `D`.
+pub(crate) struct Conn<D> {
+    id: ConnectionId,
+    peer: SocketAddr,
+    phase: Phase,
+    decoder: Decoder,
+    queue: SendQueue,
+    /// A write of the front of the queue is with the driver.
+    writing: bool,
+    /// The connection is on the shard's list of connections to write.
+    listed: bool,
+    /// The upgrade was accepted (the connection counts as a WebSocket).
+    opened: bool,
+    close_sent: bool,
+    close_received: bool,
+    ping_outstanding: bool,
+    /// The code of the peer's close frame, once received.
+    peer_close: Option<CloseCode>,
+    /// When the handshake, close reply, pong or drain must have finished.
+    deadline: Option<Instant>,
+    last_read: Instant,
+    /// Set by whoever decides the connection must end, before it actually does.
+    end_reason: Option<DisconnectReason>,
+    request: Option<Box<Request>>,
+    /// The topics this connection subscribed to (the shard's index has the reverse map).
+    pub(crate) topics: Vec<Rc<str>>,
+    /// The application's per-connection data.
+    pub(crate) data: D,
+}
+
+impl<D> std::fmt::Debug for Conn<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("id", &self.id)
+            .field("phase", &self.phase)
+            .field("queued", &self.queue.queued_bytes())
+            .field("writing", &self.writing)
+            .field("close_sent", &self.close_sent)
+            .field("close_received", &self.close_received)
+            .field("deadline", &self.deadline)
+            .finish()
+    }
+}
+
+/// The decoder configuration a server's connections use.
+pub(crate) fn decoder_config(config: &Config) -> DecoderConfig {
+    DecoderConfig::new(ringcast_codec::Role::Server)
+        .max_frame_size(config.max_frame_size)
+        .max_message_size(config.max_message_size)
+        .assembly(if config.options.frame_by_frame {
+            ringcast_codec::Assembly::Frames
+        } else {
+            ringcast_codec::Assembly::Messages
+        })
+}
+
+/// Finds the end of a request head (`\r\n\r\n`) in `input`, given the last bytes that
+/// arrived before it; returns the offset just past the blank line.
+fn head_end(held: &[u8], input: &[u8]) -> Option<usize> {
+    let carry = &held[held.len().saturating_sub(3)..];
+    let mut window = [0u8; 4];
+    let mut filled = 0;
+    for &b in carry {
+        window = [window[1], window[2], window[3], b];
+        filled += 1;
+    }
+    for (i, &b) in input.iter().enumerate() {
+        window = [window[1], window[2], window[3], b];
+        filled += 1;
+        if filled >= 4 && window == *b"\r\n\r\n" {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+impl<D> Conn<D> {
+    /// A connection just accepted at `now`: it must send its request head within the
+    /// handshake timeout.
+    pub(crate) fn new(id: ConnectionId, peer: SocketAddr, data: D, config: &Config, now: Instant) -> Self {
+        Conn {
+            id,
+            peer,
+            phase: Phase::Head { held: Vec::new() },
+            decoder: Decoder::new(decoder_config(config)),
+            queue: SendQueue::default(),
+            writing: false,
+            listed: false,
+            opened: false,
+            close_sent: false,
+            close_received: false,
+            ping_outstanding: false,
+            peer_close: None,
+            deadline: Some(now + config.handshake_timeout),
+            last_read: now,
+            end_reason: None,
+            request: None,
+            topics: Vec::new(),
+            data,
+        }
+    }
+
+    /// The connection's server-wide id.
+    pub(crate) fn id(&self) -> ConnectionId {
+        self.id
+    }
+
+    /// The peer's address.
+    pub(crate) fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The upgrade request, while it is kept.
+    pub(crate) fn request(&self) -> Option<&Request> {
+        self.request.as_deref()
+    }
+
+    /// Forgets the upgrade request (it is kept only as long as the server is asked to).
+    pub(crate) fn drop_request(&mut self) {
+        self.request = None;
+    }
+
+    /// Whether the connection is upgraded and has not sent a close frame: data may be queued.
+    pub(crate) fn is_open(&self) -> bool {
+        matches!(self.phase, Phase::Open) && !self.close_sent
+    }
+
+    /// Whether the upgrade was accepted (whatever happened since).
+    pub(crate) fn was_opened(&self) -> bool {
+        self.opened
+    }
+
+    /// Whether the connection has ended (its reason may still be uncollected).
+    pub(crate) fn is_finished(&self) -> bool {
+        matches!(self.phase, Phase::Done(_) | Phase::Ended)
+    }
+
+    /// Bytes queued and not yet written.
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.queue.queued_bytes()
+    }
+
+    /// Heap bytes held for incomplete input (request heads, bodies, frames, messages).
+    pub(crate) fn buffered_input(&self) -> usize {
+        let phase = match &self.phase {
+            Phase::Head { held } => held.capacity(),
+            Phase::Body { body, .. } => body.capacity(),
+            _ => 0,
+        };
+        phase + self.decoder.buffered_bytes()
+    }
+
+    // ------------------------------------------------------------------ input
+
+    /// Feeds bytes that arrived at `now` and returns the next event, advancing `input`
+    /// past what was consumed; `None` once `input` is exhausted (an incomplete tail is
+    /// kept). Call again until it returns `None`; handle each event before the next call.
+    pub(crate) fn poll_input<'a>(
+        &mut self,
+        input: &mut &'a mut [u8],
+        config: &Config,
+        now: Instant,
+    ) -> Option<Event<'a>> {
+        if input.is_empty() {
+            return None;
+        }
+        self.last_read = now;
+        if self.ping_outstanding {
+            // Any sign of life answers an idle ping.
+            self.ping_outstanding = false;
+            if !self.close_sent && !self.close_received {
+                self.deadline = None;
+            }
+        }
+        match &self.phase {
+            Phase::Head { .. } => self.read_head(input, config, now),
+            Phase::Body { .. } => self.read_body(input),
+            Phase::Open if !self.close_received => self.read_frames(input, config, now),
+            // Input waits for the decision, which the shard makes before reading on.
+            Phase::Deciding => None,
+            // After a close frame, and while draining, the peer has nothing more to say.
+            _ => {
+                *input = &mut [];
+                None
+            }
+        }
+    }
+
+    fn read_head<'a>(&mut self, input: &mut &'a mut [u8], config: &Config, now: Instant) -> Option<Event<'a>> {
+        let Phase::Head { held } = &mut self.phase else { return None };
+        let Some(end) = head_end(held, input) else {
+            if held.len() + input.len() >= handshake::MAX_HEAD_LEN {
+                return Some(self.refuse_with(handshake::HandshakeError::HeadTooLarge.response(), 431, now, config));
+            }
+            held.extend_from_slice(input);
+            *input = &mut [];
+            return None;
+        };
+        let (head, rest) = std::mem::take(input).split_at_mut(end);
+        *input = rest;
+        let parsed = if held.is_empty() {
+            Request::parse(head)
+        } else {
+            held.extend_from_slice(head);
+            Request::parse(held)
+        };
+        let request = match parsed {
+            Ok(RequestParse::Complete { request, .. }) => Box::new(request),
+            // A terminator without a complete head cannot happen with httparse; refuse.
+            Ok(RequestParse::Incomplete) => {
+                return Some(self.refuse_with(handshake::error_response(400, "", "bad request\n"), 400, now, config));
+            }
+            Err(e) => return Some(self.refuse_with(e.response(), e.status(), now, config)),
+        };
+        if !request.wants_upgrade() {
+            let len = match content_length(&request) {
+                Err(()) => {
+                    let answer = handshake::error_response(411, "", "a Content-Length body is required\n");
+                    self.respond(answer, config, now);
+                    return Some(Event::HttpRefused(411));
+                }
+                Ok(len) if len > config.max_http_body => {
+                    let answer = handshake::error_response(413, "", "request body too large\n");
+                    self.respond(answer, config, now);
+                    return Some(Event::HttpRefused(413));
+                }
+                Ok(len) => len,
+            };
+            self.phase = Phase::Body { request, body: Vec::new(), len };
+            return self.read_body(input);
+        }
+        if let Some(path) = &config.path
+            && request.path() != path
+        {
+            let answer = handshake::error_response(404, "", "no WebSocket endpoint at this path\n");
+            return Some(self.refuse_with(answer, 404, now, config));
+        }
+        let checks = UpgradeChecks {
+            skip_upgrade_check: config.options.skip_upgrade_check,
+            skip_version_check: config.options.skip_version_check,
+        };
+        match handshake::validate_upgrade(&request, checks) {
+            Ok(accept) => {
+                self.phase = Phase::Deciding;
+                Some(Event::Upgrade { request, accept })
+            }
+            Err(e) => Some(self.refuse_with(e.response(), e.status(), now, config)),
+        }
+    }
+
+    fn read_body<'a>(&mut self, input: &mut &'a mut [u8]) -> Option<Event<'a>> {
+        let Phase::Body { body, len, .. } = &mut self.phase else { return None };
+        let missing = *len - body.len();
+        if body.is_empty() && input.len() >= missing {
+            let (whole, rest) = std::mem::take(input).split_at_mut(missing);
+            *input = rest;
+            let Phase::Body { request, .. } = std::mem::replace(&mut self.phase, Phase::Deciding) else {
+                return None;
+            };
+            let body: &'a [u8] = whole;
+            return Some(Event::Http { request, body: Payload::Borrowed(body) });
+        }
+        let take = missing.min(input.len());
+        body.extend_from_slice(&input[..take]);
+        let rest = std::mem::take(input);
+        *input = &mut rest[take..];
+        if body.len() < *len {
+            return None;
+        }
+        let Phase::Body { request, body, .. } = std::mem::replace(&mut self.phase, Phase::Deciding) else {
+            return None;
+        };
+        Some(Event::Http { request, body: Payload::Owned(Bytes::from(body)) })
+    }
+
+    fn read_frames<'a>(&mut self, input: &mut &'a mut [u8], config: &Config, now: Instant) -> Option<Event<'a>> {
+        match self.decoder.decode(input) {
+            Ok(None) => None,
+            Ok(Some(Incoming::Ping(payload))) => {
+                if !config.options.manual_pong {
+                    let _ = self.send_pong(&payload, config, now);
+                }
+                Some(Event::Message(Incoming::Ping(payload)))
+            }
+            Ok(Some(Incoming::Close(frame))) => {
+                self.close_received = true;
+                let code = frame.as_ref().map_or(CloseCode::Status, |f| f.code);
+                self.peer_close = Some(code);
+                *input = &mut [];
+                if self.close_sent {
+                    // The reply to our close: the handshake is complete. A close the
+                    // server started (stop, slow consumer) keeps its reason.
+                    let reason = self.end_reason.take().unwrap_or(DisconnectReason::Closed(code));
+                    self.finish(reason);
+                }
+                Some(Event::Message(Incoming::Close(frame)))
+            }
+            Ok(Some(incoming)) => Some(Event::Message(incoming)),
+            Err(error) => {
+                *input = &mut [];
+                let close = PreparedMessage::close(error.close_code(), &error.to_string()).into_bytes();
+                self.end_reason = Some(DisconnectReason::Protocol(error.clone()));
+                self.push_close(close, now, config);
+                self.drain(DisconnectReason::Protocol(error.clone()), now, config);
+                Some(Event::ProtocolError(error))
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ decisions
+
+    /// Accepts the upgrade: queues the `101` (so anything sent afterwards is written
+    /// after it, in order) and opens the connection.
+    pub(crate) fn accept(&mut self, request: Box<Request>, accept: &str) {
+        let response = handshake::accept_response(accept, None, "");
+        self.queue.push(OutFrame::untimed(response.into()), Outbound::Control);
+        self.phase = Phase::Open;
+        self.opened = true;
+        self.deadline = None;
+        self.request = Some(request);
+    }
+
+    /// Refuses the upgrade with `status`; the connection ends once the answer is written.
+    pub(crate) fn refuse(&mut self, status: u16, config: &Config, now: Instant) {
+        let answer = handshake::error_response(status, "", "connection refused\n");
+        self.refuse_with(answer, status, now, config);
+    }
+
+    fn refuse_with(&mut self, answer: Vec<u8>, status: u16, now: Instant, config: &Config) -> Event<'static> {
+        self.queue.push(OutFrame::untimed(answer.into()), Outbound::Control);
+        self.drain(DisconnectReason::HandshakeRefused(status), now, config);
+        Event::Refused(status)
+    }
+
+    /// Answers a plain HTTP request; the connection ends once the answer is written.
+    pub(crate) fn respond(&mut self, answer: Vec<u8>, config: &Config, now: Instant) {
+        self.queue.push(OutFrame::untimed(answer.into()), Outbound::Control);
+        self.drain(DisconnectReason::HttpServed, now, config);
+    }
+
+    /// After the handler saw the peer's close frame: answer it (echoing the code, RFC
+    /// 6455 §5.5.1) unless the handler did or closes manually, and end once it is written.
+    pub(crate) fn after_close_frame(&mut self, config: &Config, now: Instant) {
+        if self.is_finished() || !self.close_received {
+            return;
+        }
+        let code = self.peer_close.unwrap_or(CloseCode::Status);
+        if !self.close_sent && !config.options.manual_close {
+            let reply = PreparedMessage::close(code, "").into_bytes();
+            self.push_close(reply, now, config);
+        }
+        if self.close_sent {
+            self.drain(DisconnectReason::Closed(code), now, config);
+        } else {
+            // Manual close: the handler has the close timeout to answer.
+            self.deadline = Some(now + config.close_timeout);
+        }
+    }
+
+    // ------------------------------------------------------------------ sends
+
+    fn check_open(&self) -> Result<(), Refused> {
+        if self.is_open() { Ok(()) } else { Err(Refused::Error(SendError::NotOpen)) }
+    }
+
+    /// Queues a data message (or a streamed fragment), applying the send-queue bound.
+    pub(crate) fn send_data(
+        &mut self,
+        frame: OutFrame,
+        kind: Outbound,
+        config: &Config,
+        now: Instant,
+    ) -> Result<(), Refused> {
+        self.check_open()?;
+        self.bounded_push(frame, kind, config, now)
+    }
+
+    fn bounded_push(&mut self, frame: OutFrame, kind: Outbound, config: &Config, now: Instant) -> Result<(), Refused> {
+        if self.queue.would_exceed(frame.len(), config.send_queue_limit) {
+            return Err(Refused::Full(match config.slow_consumer {
+                SlowConsumerPolicy::DropNew => Overflow::Dropped,
+                SlowConsumerPolicy::Disconnect => {
+                    self.end_reason.get_or_insert(DisconnectReason::SlowConsumer);
+                    let close = PreparedMessage::close(CloseCode::Policy, "send queue limit exceeded").into_bytes();
+                    self.push_close(close, now, config);
+                    Overflow::Disconnecting
+                }
+            }));
+        }
+        self.queue.push(frame, kind);
+        Ok(())
+    }
+
+    /// Queues a ping.
+    pub(crate) fn send_ping(&mut self, payload: &[u8], config: &Config, now: Instant) -> Result<(), Refused> {
+        self.check_open()?;
+        let ping = PreparedMessage::ping(payload).ok_or(Refused::Error(SendError::ControlTooLong))?;
+        self.bounded_push(OutFrame::single(ping.into_bytes(), now), Outbound::Control, config, now)
+    }
+
+    /// Queues a pong.
+    pub(crate) fn send_pong(&mut self, payload: &[u8], config: &Config, now: Instant) -> Result<(), Refused> {
+        self.check_open()?;
+        let pong = PreparedMessage::pong(payload).ok_or(Refused::Error(SendError::ControlTooLong))?;
+        self.bounded_push(OutFrame::single(pong.into_bytes(), now), Outbound::Control, config, now)
+    }
+
+    /// Starts (or, after the peer's close, completes) the closing handshake with an
+    /// encoded close frame.
+    pub(crate) fn close(&mut self, frame: Bytes, config: &Config, now: Instant) -> Result<(), SendError> {
+        if !self.is_open() {
+            return Err(SendError::NotOpen);
+        }
+        self.push_close(frame, now, config);
+        if self.close_received {
+            let code = self.peer_close.unwrap_or(CloseCode::Status);
+            self.drain(DisconnectReason::Closed(code), now, config);
+        }
+        Ok(())
+    }
+
+    /// Closes on the server's behalf (stop, policy), keeping `reason` as the end reason.
+    pub(crate) fn close_for(&mut self, reason: DisconnectReason, code: CloseCode, text: &str, config: &Config, now: Instant) {
+        match self.phase {
+            Phase::Head { .. } | Phase::Body { .. } | Phase::Deciding => self.finish(reason),
+            Phase::Open => {
+                self.end_reason.get_or_insert(reason);
+                if !self.close_sent {
+                    self.push_close(PreparedMessage::close(code, text).into_bytes(), now, config);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Queues a close frame (exempt from the queue bound) and starts the close deadline.
+    fn push_close(&mut self, frame: Bytes, now: Instant, config: &Config) {
+        if self.close_sent {
+            return;
+        }
+        self.close_sent = true;
+        self.deadline = Some(now + config.close_timeout);
+        self.queue.push(OutFrame::single(frame, now), Outbound::Control);
+    }
+
+    /// Drops the connection at once, without a closing handshake.
+    pub(crate) fn abort(&mut self) {
+        self.force_end(DisconnectReason::Aborted);
+    }
+
+    /// Ends the connection now with the reason already recorded, else `reason`.
+    pub(crate) fn force_end(&mut self, reason: DisconnectReason) {
+        let reason = self.end_reason.take().unwrap_or(reason);
+        self.finish(reason);
+    }
+
+    /// Ends with `reason` once what is queued is written (bounded by the close timeout).
+    fn drain(&mut self, reason: DisconnectReason, now: Instant, config: &Config) {
+        if self.is_finished() {
+            return;
+        }
+        if self.queue.has_unsent() || self.writing {
+            self.deadline = Some(now + config.close_timeout);
+            self.phase = Phase::Draining(reason);
+        } else {
+            self.finish(reason);
+        }
+    }
+
+    fn finish(&mut self, reason: DisconnectReason) {
+        if !self.is_finished() {
+            self.phase = Phase::Done(reason);
+            self.deadline = None;
+            self.queue.clear();
+        }
+    }
+
+    // ------------------------------------------------------------------ output
+
+    /// Whether the shard should put the connection on its list of connections to write:
+    /// true once per stretch of unsent frames.
+    pub(crate) fn needs_listing(&mut self) -> bool {
+        if !self.listed && !self.writing && self.queue.has_unsent() && !self.is_finished() {
+            self.listed = true;
+            return true;
+        }
+        false
+    }
+
+    /// Taken off the shard's list (a flush is starting).
+    pub(crate) fn unlist(&mut self) {
+        self.listed = false;
+    }
+
+    /// The frames to write now, or `None` while a write is in flight or nothing is
+    /// queued. Marks a write as started: report it with [`Conn::handle_written`].
+    pub(crate) fn poll_transmit(&mut self) -> Option<impl Iterator<Item = &OutFrame>> {
+        if self.writing || !self.queue.has_unsent() || self.is_finished() {
+            return None;
+        }
+        self.writing = true;
+        Some(self.queue.unsent())
+    }
+
+    /// The write started by [`Conn::poll_transmit`] took `written` bytes.
+    pub(crate) fn handle_written(&mut self, written: usize) -> Delivered {
+        if !std::mem::take(&mut self.writing) || self.is_finished() {
+            return Delivered::default();
+        }
+        let delivered = self.queue.written(written);
+        if let Phase::Draining(reason) = &self.phase
+            && !self.queue.has_unsent()
+        {
+            let reason = reason.clone();
+            self.finish(reason);
+        }
+        delivered
+    }
+
+    /// Bytes queued, for writers that take everything (TLS encrypts all of it at once).
+    pub(crate) fn unsent_len(&self) -> usize {
+        self.queue.unsent().map(OutFrame::len).sum()
+    }
+
+    // ------------------------------------------------------------------ time and failures
+
+    /// The next instant [`Conn::handle_timeout`] must be called at.
+    pub(crate) fn poll_timeout(&self, config: &Config) -> Option<Instant> {
+        if let Some(deadline) = self.deadline {
+            return Some(deadline);
+        }
+        match (config.idle_timeout, &self.phase) {
+            (Some(idle), Phase::Open) if !self.close_sent && !self.close_received => Some(self.last_read + idle),
+            _ => None,
+        }
+    }
+
+    /// Time passed: enforce the deadline, or ping a connection that has been silent for
+    /// the idle timeout.
+    pub(crate) fn handle_timeout(&mut self, config: &Config, now: Instant) {
+        if self.is_finished() {
+            return;
+        }
+        if let Some(deadline) = self.deadline {
+            if now >= deadline {
+                let reason = match &self.phase {
+                    Phase::Draining(reason) => reason.clone(),
+                    _ => self.end_reason.take().unwrap_or(DisconnectReason::Timeout),
+                };
+                self.finish(reason);
+            }
+            return;
+        }
+        if let (Some(idle), Phase::Open) = (config.idle_timeout, &self.phase)
+            && !self.close_sent
+            && !self.close_received
+            && now >= self.last_read + idle
+        {
+            self.ping_outstanding = true;
+            self.deadline = Some(now + idle);
+            let ping = PreparedMessage::ping(b"").map(PreparedMessage::into_bytes).unwrap_or_default();
+            self.queue.push(OutFrame::single(ping, now), Outbound::Control);
+        }
+    }
+
+    /// The peer closed its side of the TCP connection.
+    pub(crate) fn handle_eof(&mut self) {
+        match self.phase {
+            // What is queued may still reach the peer, which closed only its side.
+            Phase::Draining(_) | Phase::Done(_) | Phase::Ended => {}
+            _ => self.force_end(DisconnectReason::Eof),
+        }
+    }
+
+    /// Reading or writing failed: the connection cannot go on.
+    pub(crate) fn handle_io_error(&mut self, error: String) {
+        self.writing = false;
+        let reason = match &self.phase {
+            Phase::Draining(reason) => reason.clone(),
+            _ => self.end_reason.take().unwrap_or(DisconnectReason::Io(error)),
+        };
+        self.finish(reason);
+    }
+
+    /// Once the connection has ended: why, exactly once.
+    pub(crate) fn poll_end(&mut self) -> Option<DisconnectReason> {
+        if let Phase::Done(_) = self.phase
+            && let Phase::Done(reason) = std::mem::replace(&mut self.phase, Phase::Ended)
+        {
+            return Some(reason);
+        }
+        None
+    }
+
+    /// Whether a write is with the driver.
+    pub(crate) fn is_writing(&self) -> bool {
+        self.writing
+    }
+}
+
+/// The `Content-Length` of a request: `Ok(0)` without one, `Err(())` if malformed or
+/// chunked (unsupported).
+fn content_length(request: &Request) -> Result<usize, ()> {
+    if request.header_bytes("transfer-encoding").is_some() {
+        return Err(());
+    }
+    match request.header("content-length") {
+        None => Ok(0),
+        Some(value) => value.trim().parse().map_err(|_| ()),
+    }
+}
+
+#[cfg(test)]
+mod head_tests {
+    use super::head_end;
+
+    #[test]
+    fn head_end_is_found_across_inputs() {
+        assert_eq!(head_end(b"", b"GET / HTTP/1.1\r\n\r\nxx"), Some(18));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n", b"\r\nxx"), Some(2));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r", b"\nxx"), Some(1));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r", b"\n\r"), None);
+        assert_eq!(head_end(b"", b"\r\n\r"), None);
+    }
+}
