@@ -55,7 +55,10 @@ pub use error::ProtocolError;
 pub use frame::{FrameHeader, FrameRules, HeaderParse};
 pub use mask::{MaskKernel, apply_mask};
 pub use message::{Assembly, CloseFrame, Incoming, MessageAssembler};
-pub use prepared::{FrameSizeError, MIN_FRAME_SIZE, PreparedMessage, Split, close_payload, encode_masked_frame};
+pub use prepared::{
+    FrameSizeError, MIN_FRAME_SIZE, PreparedMessage, Split, close_payload, encode_masked_frame,
+    encode_masked_frame_with_rsv,
+};
 pub use protocol::{CloseCode, OpCode, Role};
 pub use utf8::{Utf8Bytes, Utf8Error, Utf8Validator};
 
