@@ -10,6 +10,8 @@
 //!   ([`apply_mask`]) and message assembly with UTF-8 validation across fragments.
 //! - [`PreparedMessage`]: a message encoded once — optionally [split](Split) into
 //!   frames no larger than a given size, header included — into shareable [`bytes::Bytes`].
+//! - [`deflate`]: permessage-deflate (RFC 7692): negotiation, compression once per
+//!   broadcast, and inflation under a size limit.
 //!
 //! # Example: a server's view of one connection
 //!
@@ -41,6 +43,7 @@
 #![warn(missing_docs)]
 
 mod decoder;
+pub mod deflate;
 mod error;
 pub mod frame;
 pub mod handshake;

@@ -60,8 +60,10 @@ const fn max_payload_within(frame_size: usize) -> usize {
 /// every subscriber. Server-to-client frames are unmasked, so the bytes are identical for
 /// every recipient.
 ///
-/// A permessage-deflate connection can be sent the compressed variant of the same message
-/// ([`PreparedMessage::deflated_text`]), kept beside the plain one.
+/// A permessage-deflate connection can be sent the compressed variant of the same message,
+/// built once with [`deflate::BroadcastCompressor`](crate::deflate::BroadcastCompressor)
+/// (or [`PreparedMessage::deflated_text`] from a payload compressed elsewhere) and kept
+/// beside the plain one.
 ///
 /// ```
 /// use ringcast_codec::{OpCode, PreparedMessage, Split};
