@@ -26,6 +26,9 @@ fn close(reported: usize, measured: isize, what: &str) {
 
 #[test]
 fn heap_bytes_match_what_is_allocated() {
+    // What a connection holds inline: a boxed, dropped-when-idle inflater costs a pointer.
+    eprintln!("size_of::<Inflater>() = {} bytes", std::mem::size_of::<Inflater>());
+    assert_eq!(std::mem::size_of::<Option<Box<Inflater>>>(), std::mem::size_of::<usize>());
     let text: Vec<u8> = (0..20_000u32).flat_map(|i| format!("{{\"n\":{}}},", i % 977).into_bytes()).collect();
     for bits in [8, 9, 12, 15] {
         let window_bits = WindowBits::new(bits).unwrap();

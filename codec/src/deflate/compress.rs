@@ -33,7 +33,9 @@ pub struct CompressError(String);
 /// context takeover every message is a self-contained DEFLATE stream, so the output does
 /// not depend on which connection it is for. With context takeover (a client whose server
 /// allows it) later messages refer back to earlier ones, and the compressor belongs to one
-/// connection.
+/// connection. The peer's window then follows the messages it inflates, so a message once
+/// compressed must be sent compressed: decide to send one plain (too short, say) before
+/// compressing it, never after.
 ///
 /// ```
 /// use ringcast_codec::deflate::{CompressionLevel, Compressor, WindowBits};

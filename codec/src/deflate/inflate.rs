@@ -58,7 +58,7 @@ impl InflateError {
 /// for every window size with zlib-rs. Without context takeover nothing needs to survive
 /// between messages: hold an `Option<Inflater>` and drop it after each message (or when
 /// the connection goes idle), creating it again on the next compressed message; creating
-/// one costs an allocation and no more. With context takeover the inflater keeps the
+/// one costs that allocation, under a microsecond (`benches/deflate.rs`). With context takeover the inflater keeps the
 /// peer's window between messages and must live as long as the connection.
 ///
 /// ```

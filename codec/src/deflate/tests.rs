@@ -476,7 +476,8 @@ fn masked_client_frames_carry_rsv1_on_the_first_frame() {
 fn a_deflate_bomb_stops_at_the_limit() {
     let zeros = vec![0u8; 10 << 20];
     let payload = compress(&mut Compressor::new(CompressionLevel::DEFAULT, WindowBits::MAX), &zeros);
-    assert!(payload.len() < 20_000, "10 MiB of zeros compress to {} bytes", payload.len());
+    eprintln!("10 MiB of zeros compress to {} bytes", payload.len());
+    assert!(payload.len() < 20_000);
     for limit in [0, 1, 1000, 64 << 10, 1 << 20] {
         let mut inflater = Inflater::new(no_takeover(15));
         let mut out = Vec::new();
