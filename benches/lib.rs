@@ -29,6 +29,29 @@ pub fn payload(len: usize) -> Vec<u8> {
     (0..len).map(|i| b'a' + (i % 26) as u8).collect()
 }
 
+/// A deterministic JSON-like text of `len` bytes, as a fan-out server carries: an array of
+/// records with repeating keys and varying numbers (compresses about 5x at level 6).
+pub fn json_payload(len: usize) -> String {
+    let mut out = String::with_capacity(len + 96);
+    out.push('[');
+    let mut seq = 0u64;
+    while out.len() < len {
+        let price = (seq * 7919) % 100_000;
+        let qty = (seq * 104_729) % 5000;
+        out.push_str(&format!(
+            r#"{{"seq":{seq},"symbol":"SYM{}","price":{}.{:02},"qty":{qty},"side":"{}","ts":{}}},"#,
+            seq % 17,
+            price / 100,
+            price % 100,
+            if seq % 3 == 0 { "sell" } else { "buy" },
+            1_700_000_000_000u64 + seq * 37,
+        ));
+        seq += 1;
+    }
+    out.truncate(len);
+    out
+}
+
 /// One final, masked frame as a client sends it.
 pub fn masked_frame(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
     let mut out = BytesMut::new();

@@ -12,6 +12,8 @@
 //!   or message the input ends inside is copied, into memory the decoder owns.
 //! - [`PreparedMessage`]: a message encoded once — optionally [split](Split) into
 //!   frames no larger than a given size, header included — into shareable [`bytes::Bytes`].
+//! - [`deflate`]: permessage-deflate (RFC 7692): negotiation, compression once per
+//!   broadcast, and inflation under a size limit.
 //!
 //! # Example: a server's view of one connection
 //!
@@ -45,6 +47,7 @@
 #![warn(missing_docs)]
 
 mod decoder;
+pub mod deflate;
 mod error;
 pub mod frame;
 pub mod handshake;
@@ -59,7 +62,10 @@ pub use error::ProtocolError;
 pub use frame::{FrameHeader, FrameRules, HeaderParse};
 pub use mask::{MaskKernel, apply_mask};
 pub use message::{Assembly, CloseFrame, Incoming, Payload, Text};
-pub use prepared::{FrameSizeError, MIN_FRAME_SIZE, PreparedMessage, Split, close_payload, encode_masked_frame};
+pub use prepared::{
+    FrameSizeError, MIN_FRAME_SIZE, PreparedMessage, Split, close_payload, encode_masked_frame,
+    encode_masked_frame_with_rsv,
+};
 pub use protocol::{CloseCode, OpCode, Role};
 pub use utf8::{Utf8Bytes, Utf8Error, Utf8Validator};
 

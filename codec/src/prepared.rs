@@ -2,7 +2,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::frame::{FrameHeader, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, header_len_for};
+use crate::frame::{FrameHeader, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, RSV1, header_len_for};
 use crate::mask::apply_mask;
 use crate::protocol::{CloseCode, OpCode};
 
@@ -60,6 +60,11 @@ const fn max_payload_within(frame_size: usize) -> usize {
 /// every subscriber. Server-to-client frames are unmasked, so the bytes are identical for
 /// every recipient.
 ///
+/// A permessage-deflate connection can be sent the compressed variant of the same message,
+/// built once with [`deflate::BroadcastCompressor`](crate::deflate::BroadcastCompressor)
+/// (or [`PreparedMessage::deflated_text`] from a payload compressed elsewhere) and kept
+/// beside the plain one.
+///
 /// ```
 /// use ringcast_codec::{OpCode, PreparedMessage, Split};
 /// let whole = PreparedMessage::text("Hello", Split::Whole);
@@ -73,21 +78,36 @@ pub struct PreparedMessage {
     opcode: OpCode,
     payload_len: usize,
     frame_count: usize,
+    compressed: bool,
     bytes: Bytes,
 }
 
 impl PreparedMessage {
     /// Encodes a text message.
     pub fn text(text: &str, split: Split) -> Self {
-        Self::data(OpCode::Text, text.as_bytes(), split)
+        Self::data(OpCode::Text, 0, text.as_bytes(), split)
     }
 
     /// Encodes a binary message.
     pub fn binary(data: &[u8], split: Split) -> Self {
-        Self::data(OpCode::Binary, data, split)
+        Self::data(OpCode::Binary, 0, data, split)
     }
 
-    fn data(opcode: OpCode, payload: &[u8], split: Split) -> Self {
+    /// Encodes a text message whose payload is already compressed for permessage-deflate
+    /// (RFC 7692 §6): RSV1 on the first frame only, continuations without it, split like
+    /// [`PreparedMessage::text`] with `split` applying to the compressed bytes.
+    pub fn deflated_text(compressed: &[u8], split: Split) -> Self {
+        Self::data(OpCode::Text, RSV1, compressed, split)
+    }
+
+    /// Encodes a binary message whose payload is already compressed; see
+    /// [`PreparedMessage::deflated_text`].
+    pub fn deflated_binary(compressed: &[u8], split: Split) -> Self {
+        Self::data(OpCode::Binary, RSV1, compressed, split)
+    }
+
+    /// `first_rsv` goes on the first frame only, as the per-message compressed bit does.
+    fn data(opcode: OpCode, first_rsv: u8, payload: &[u8], split: Split) -> Self {
         let per_frame = split.payload_per_frame(payload.len());
         let frame_count = payload.len().div_ceil(per_frame).max(1);
         let full_frames = payload.len() / per_frame;
@@ -98,12 +118,12 @@ impl PreparedMessage {
         }
         let mut out = BytesMut::with_capacity(wire_len);
         if payload.is_empty() {
-            put_frame(&mut out, FrameHeader::new(opcode, 0), &[]);
+            put_frame(&mut out, FrameHeader { rsv: first_rsv, ..FrameHeader::new(opcode, 0) }, &[]);
         }
         for (index, chunk) in payload.chunks(per_frame).enumerate() {
             let header = FrameHeader {
                 fin: index + 1 == frame_count,
-                rsv: 0,
+                rsv: if index == 0 { first_rsv } else { 0 },
                 opcode: if index == 0 { opcode } else { OpCode::Continuation },
                 mask: None,
                 payload_len: chunk.len() as u64,
@@ -111,7 +131,13 @@ impl PreparedMessage {
             put_frame(&mut out, header, chunk);
         }
         debug_assert_eq!(out.len(), wire_len);
-        PreparedMessage { opcode, payload_len: payload.len(), frame_count, bytes: out.freeze() }
+        PreparedMessage {
+            opcode,
+            payload_len: payload.len(),
+            frame_count,
+            compressed: first_rsv != 0,
+            bytes: out.freeze(),
+        }
     }
 
     /// A ping; `None` if `payload` exceeds 125 bytes.
@@ -150,7 +176,7 @@ impl PreparedMessage {
     fn control_unchecked(opcode: OpCode, payload: &[u8]) -> Self {
         let mut out = BytesMut::with_capacity(2 + payload.len());
         put_frame(&mut out, FrameHeader::new(opcode, payload.len() as u64), payload);
-        PreparedMessage { opcode, payload_len: payload.len(), frame_count: 1, bytes: out.freeze() }
+        PreparedMessage { opcode, payload_len: payload.len(), frame_count: 1, compressed: false, bytes: out.freeze() }
     }
 
     /// A single raw frame (any opcode, FIN as given), for frame-by-frame senders.
@@ -158,7 +184,7 @@ impl PreparedMessage {
         let mut out = BytesMut::with_capacity(MAX_HEADER_LEN + payload.len());
         let header = FrameHeader { fin, ..FrameHeader::new(opcode, payload.len() as u64) };
         put_frame(&mut out, header, payload);
-        PreparedMessage { opcode, payload_len: payload.len(), frame_count: 1, bytes: out.freeze() }
+        PreparedMessage { opcode, payload_len: payload.len(), frame_count: 1, compressed: false, bytes: out.freeze() }
     }
 
     /// The opcode of the first frame.
@@ -166,9 +192,15 @@ impl PreparedMessage {
         self.opcode
     }
 
-    /// The message length without frame headers.
+    /// The message length without frame headers (for a compressed message, the
+    /// compressed length).
     pub fn payload_len(&self) -> usize {
         self.payload_len
+    }
+
+    /// Whether this is the permessage-deflate variant (RSV1 on the first frame).
+    pub fn is_compressed(&self) -> bool {
+        self.compressed
     }
 
     /// How many frames the message was split into.
@@ -209,7 +241,20 @@ fn truncate_at_char(text: &str, max: usize) -> &str {
 ///
 /// `key` must come from a strong random source, chosen anew for every frame.
 pub fn encode_masked_frame(out: &mut BytesMut, opcode: OpCode, fin: bool, payload: &[u8], key: [u8; 4]) {
-    let header = FrameHeader { fin, rsv: 0, opcode, mask: Some(key), payload_len: payload.len() as u64 };
+    encode_masked_frame_with_rsv(out, opcode, fin, 0, payload, key);
+}
+
+/// [`encode_masked_frame`] with reserved bits set: `rsv` is `0b100` (RSV1) on the first
+/// frame of a permessage-deflate message and 0 on its continuations.
+pub fn encode_masked_frame_with_rsv(
+    out: &mut BytesMut,
+    opcode: OpCode,
+    fin: bool,
+    rsv: u8,
+    payload: &[u8],
+    key: [u8; 4],
+) {
+    let header = FrameHeader { fin, rsv, opcode, mask: Some(key), payload_len: payload.len() as u64 };
     let mut head = [0u8; MAX_HEADER_LEN];
     let n = header.encode(&mut head);
     out.reserve(n + payload.len());
