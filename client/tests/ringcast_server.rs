@@ -24,19 +24,19 @@ impl Handler for Echo {
         (request.path() != "/forbidden").into()
     }
 
-    fn on_text(&self, conn: &mut Connection<'_, Self>, text: &str) {
-        let _ = conn.send_text(text);
+    fn on_text(&self, conn: &mut Connection<'_, Self::Data>, text: &str) {
+        let _ = conn.send(text);
     }
 
-    fn on_binary(&self, conn: &mut Connection<'_, Self>, data: &[u8]) {
-        let _ = conn.send_binary(data);
+    fn on_binary(&self, conn: &mut Connection<'_, Self::Data>, data: &[u8]) {
+        let _ = conn.send(data);
     }
 
-    fn on_close(&self, _conn: &mut Connection<'_, Self>, frame: Option<&CloseFrame>) {
+    fn on_close(&self, _conn: &mut Connection<'_, Self::Data>, frame: Option<&CloseFrame>) {
         self.closes.lock().unwrap().push(frame.map(|f| u16::from(f.code)));
     }
 
-    fn on_disconnect(&self, _conn: &mut Connection<'_, Self>, reason: &DisconnectReason) {
+    fn on_disconnect(&self, _conn: &mut Connection<'_, Self::Data>, reason: &DisconnectReason) {
         self.disconnects.lock().unwrap().push(reason.clone());
     }
 }
@@ -121,7 +121,7 @@ async fn server_close_pings_and_broadcasts_reach_the_client() {
         }
     }
     for i in 0..10 {
-        server.broadcast_text(&format!("b{i}"));
+        server.broadcast(&format!("b{i}"));
     }
     for (_, receiver) in &mut clients {
         let mut got = Vec::new();

@@ -188,9 +188,7 @@ impl Decoder {
     /// messages.
     pub fn buffered_bytes(&self) -> usize {
         self.partial.as_ref().map_or(0, |p| {
-            std::mem::size_of::<Partial>()
-                + p.control.capacity()
-                + p.message.as_ref().map_or(0, |m| m.data.capacity())
+            std::mem::size_of::<Partial>() + p.control.capacity() + p.message.as_ref().map_or(0, |m| m.data.capacity())
         })
     }
 
@@ -274,9 +272,7 @@ impl Decoder {
     /// never become valid (fail fast), re-checking only when the prefix has doubled.
     fn wait_in_buffer(&mut self, buf: &BytesMut) -> Result<bool, ProtocolError> {
         let gathering = self.partial.as_ref().is_some_and(|p| {
-            p.header_len > 0
-                || p.frame.is_some()
-                || (p.message.is_some() && self.config.assembly == Assembly::Messages)
+            p.header_len > 0 || p.frame.is_some() || (p.message.is_some() && self.config.assembly == Assembly::Messages)
         });
         if gathering {
             return Ok(false);
@@ -477,9 +473,11 @@ impl Decoder {
                         append_bounded(&mut message.data, payload, message.admitted);
                         None
                     }
-                    Assembly::Frames => {
-                        Some(Incoming::Fragment { opcode: header.opcode, fin: false, payload: Payload::Borrowed(payload) })
-                    }
+                    Assembly::Frames => Some(Incoming::Fragment {
+                        opcode: header.opcode,
+                        fin: false,
+                        payload: Payload::Borrowed(payload),
+                    }),
                 };
                 self.partial.get_or_insert_with(Box::default).message = Some(message);
                 Ok(event)
@@ -520,7 +518,11 @@ impl Decoder {
     /// Copies as much of `frame`'s payload as `input` holds into the decoder, unmasking
     /// and (for text) validating it on the way. Returns the frame once its payload is
     /// complete; `None` when the input ran out first (the progress is kept).
-    fn gather(&mut self, mut frame: FrameProgress, input: &mut &mut [u8]) -> Result<Option<FrameProgress>, ProtocolError> {
+    fn gather(
+        &mut self,
+        mut frame: FrameProgress,
+        input: &mut &mut [u8],
+    ) -> Result<Option<FrameProgress>, ProtocolError> {
         let header = frame.header;
         let payload_len = header.payload_len as usize;
         let take = (payload_len - frame.received).min(input.len());
@@ -781,10 +783,7 @@ mod tests {
         let config = DecoderConfig::new(Role::Client).max_message_size(10);
         // 6 bytes, then a continuation announcing 5 more: refused at its header.
         let wire = [0x02, 0x06, 0, 0, 0, 0, 0, 0, 0x80, 0x05];
-        assert_eq!(
-            drain(&mut Decoder::new(config), &wire),
-            Err(ProtocolError::MessageTooLarge { len: 11, max: 10 })
-        );
+        assert_eq!(drain(&mut Decoder::new(config), &wire), Err(ProtocolError::MessageTooLarge { len: 11, max: 10 }));
         // A frame announcing far more than it sends holds about what was sent.
         let config = DecoderConfig::new(Role::Client).max_message_size(16 << 20).max_frame_size(16 << 20);
         let mut decoder = Decoder::new(config);

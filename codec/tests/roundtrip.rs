@@ -4,7 +4,8 @@
 use bytes::BytesMut;
 use proptest::prelude::*;
 use ringcast_codec::{
-    Decoder, DecoderConfig, Incoming, MaskKernel, OpCode, Payload, PreparedMessage, Role, Split, apply_mask, encode_masked_frame,
+    Decoder, DecoderConfig, Incoming, MaskKernel, OpCode, Payload, PreparedMessage, Role, Split, apply_mask,
+    encode_masked_frame,
 };
 
 /// Payload lengths that cover the 7-bit, 16-bit and 64-bit length encodings.

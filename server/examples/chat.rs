@@ -5,19 +5,19 @@
 //! cargo run --release --example chat -- --port 8888
 //! ```
 
-use ringcast::{Connection, Handler, Server};
+use ringcast::{Connection, Handler, Server, Target};
 
 struct Chat;
 
 impl Handler for Chat {
     type Data = ();
 
-    fn on_text(&self, conn: &mut Connection<'_, Self>, text: &str) {
-        conn.relay_text(text);
+    fn on_text(&self, conn: &mut Connection<'_, Self::Data>, text: &str) {
+        conn.send_to(Target::AllExcept(conn.id()), text);
     }
 
-    fn on_binary(&self, conn: &mut Connection<'_, Self>, data: &[u8]) {
-        conn.relay_binary(data);
+    fn on_binary(&self, conn: &mut Connection<'_, Self::Data>, data: &[u8]) {
+        conn.send_to(Target::AllExcept(conn.id()), data);
     }
 }
 

@@ -12,12 +12,12 @@ struct Echo;
 impl Handler for Echo {
     type Data = ();
 
-    fn on_text(&self, conn: &mut Connection<'_, Self>, text: &str) {
-        let _ = conn.send_text(text);
+    fn on_text(&self, conn: &mut Connection<'_, Self::Data>, text: &str) {
+        let _ = conn.send(text);
     }
 
-    fn on_binary(&self, conn: &mut Connection<'_, Self>, data: &[u8]) {
-        let _ = conn.send_binary(data);
+    fn on_binary(&self, conn: &mut Connection<'_, Self::Data>, data: &[u8]) {
+        let _ = conn.send(data);
     }
 }
 

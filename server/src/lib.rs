@@ -37,7 +37,7 @@
 //! anywhere, [`Connection::send`] to the connection an event is about, and
 //! [`Connection::send_to`] to others from inside a handler. The reference component's
 //! `BroadcastMessage`/`BroadcastData` are [`Broadcaster::broadcast`], and
-//! `SendMessageTo`/`SendDataTo` are `send(Target::select(selector), message)`.
+//! `SendMessageTo`/`SendDataTo` are [`Broadcaster::send_where`].
 //!
 //! Events, per-connection user data ([`Handler::Data`]), the five reference options
 //! ([`Options`]) and frame splitting ([`ServerBuilder::split_messages`]) are described on

@@ -6,7 +6,7 @@ mod common;
 use std::net::SocketAddr;
 
 use common::*;
-use ringcast::{Connection, ConnectionId, DisconnectReason, Handler, IoBackend, PreparedMessage};
+use ringcast::{Connection, ConnectionId, DisconnectReason, Handler, IoBackend, PreparedMessage, Target};
 use testkit::{ConnectOpts, Drain, Payload, Peer};
 
 /// Per peer kind: a crowd of this many clients (both kinds together: twice as many).
@@ -33,8 +33,8 @@ fn crowd_receives_every_broadcast_once_in_order(backend: IoBackend) {
     assert!(stats.connections.iter().all(|&n| n > 0), "both workers should hold connections: {:?}", stats.connections);
     for i in 0..MESSAGES {
         match numbered(i) {
-            Payload::Text(t) => server.broadcast_text(&t),
-            Payload::Binary(b) => server.broadcast_binary(&b),
+            Payload::Text(t) => server.broadcast(&t),
+            Payload::Binary(b) => server.broadcast(&b),
             Payload::Digest { .. } => unreachable!(),
         }
     }
@@ -57,7 +57,7 @@ fn crowd_receives_every_broadcast_once_in_order(backend: IoBackend) {
         }
     }
     // Exactly once: after one more broadcast, each member holds exactly that one.
-    server.broadcast_text("end");
+    server.broadcast("end");
     for peer in &mut peers {
         let drained = peer.drain(&Drain::prefix("c").wait_count(1).list());
         assert_eq!((drained.min, drained.max, drained.total), (1, 1, CROWD), "{}", peer.kind());
@@ -79,16 +79,16 @@ struct Chat {
 impl Handler for Chat {
     type Data = ();
 
-    fn on_handshake_response_sent(&self, conn: &mut Connection<'_, Self>) {
+    fn on_handshake_response_sent(&self, conn: &mut Connection<'_, Self::Data>) {
         self.log.push(Ev::Open(conn.id(), String::new()));
     }
 
-    fn on_text(&self, conn: &mut Connection<'_, Self>, text: &str) {
-        conn.relay_text(text);
+    fn on_text(&self, conn: &mut Connection<'_, Self::Data>, text: &str) {
+        conn.send_to(Target::AllExcept(conn.id()), text);
     }
 
-    fn on_binary(&self, conn: &mut Connection<'_, Self>, data: &[u8]) {
-        conn.relay_binary(data);
+    fn on_binary(&self, conn: &mut Connection<'_, Self::Data>, data: &[u8]) {
+        conn.send_to(Target::AllExcept(conn.id()), data);
     }
 }
 
@@ -176,24 +176,24 @@ impl Handler for Rooms {
         self.log.push(Ev::Connect(id));
     }
 
-    fn on_text(&self, conn: &mut Connection<'_, Self>, text: &str) {
+    fn on_text(&self, conn: &mut Connection<'_, Self::Data>, text: &str) {
         if let Some(room) = text.strip_prefix("join:") {
             conn.data_mut().room = room.to_owned();
-            conn.send_text(&format!("joined:{room}")).unwrap();
+            conn.send(&format!("joined:{room}")).unwrap();
         } else if let Some((room, text)) = text.strip_prefix("tell:").and_then(|t| t.split_once(':')) {
             let room = room.to_owned();
             let message = PreparedMessage::text(text, conn.broadcaster().split());
-            conn.send_to(&message, move |c| c.data().room == room);
+            conn.send_where(move |c| c.data().room == room, &message);
         }
     }
 
-    fn on_disconnect(&self, conn: &mut Connection<'_, Self>, reason: &DisconnectReason) {
+    fn on_disconnect(&self, conn: &mut Connection<'_, Self::Data>, reason: &DisconnectReason) {
         self.log.push(Ev::Disconnect(conn.id(), reason.clone()));
     }
 }
 
 /// Selectors over user data reach exactly the connections they pick, on every worker:
-/// from the test thread (`send_text_to`, `send_binary_to`) and from a handler (`send_to`).
+/// from the test thread (`send_where`) and from a handler (`send_where`).
 fn selector_over_user_data(backend: IoBackend) {
     let server = Running::start(builder(backend), Rooms::default());
     let (mut python, mut node) = (Peer::python(), Peer::node());
@@ -210,9 +210,9 @@ fn selector_over_user_data(backend: IoBackend) {
             members.push((format!("{room}{n}"), room));
         }
     }
-    server.send_text_to("to room a", |c| c.data().room == "a");
-    server.send_binary_to(&[0xb], |c| c.data().room == "b");
-    server.broadcast_text("to all");
+    server.send_where(|c| c.data().room == "a", "to room a");
+    server.send_where(|c| c.data().room == "b", &[0xb]);
+    server.broadcast("to all");
     python.send_text("a0", "tell:b:from a0 to b");
     for peer in [&mut python, &mut node] {
         let kind = peer.kind();
@@ -228,7 +228,7 @@ fn selector_over_user_data(backend: IoBackend) {
         }
     }
     // Room a gets nothing more: a last message to room a is the next thing each sees.
-    server.send_text_to("last for a", |c| c.data().room == "a");
+    server.send_where(|c| c.data().room == "a", "last for a");
     for peer in [&mut python, &mut node] {
         for (id, room) in &members {
             if *room == "a" {
@@ -240,12 +240,12 @@ fn selector_over_user_data(backend: IoBackend) {
     server.stop();
 }
 
-/// From the test thread: `send_to_connection` reaches exactly the one connection,
-/// prepared messages (encoded once) go out as they are, and `send_prepared_to` with a
-/// selector over the request path reaches only the matching connections.
+/// From the test thread: `Target::Connection` reaches exactly the one connection,
+/// prepared messages (encoded once) go out as they are, and a selector over the request
+/// path (kept with `keep_request`) reaches only the matching connections.
 fn unicast_and_prepared_messages(backend: IoBackend) {
     let rec = Recorder::silent();
-    let server = Running::start(builder(backend), rec.clone());
+    let server = Running::start(builder(backend).keep_request(true), rec.clone());
     let (mut python, mut node) = (Peer::python(), Peer::node());
     python.connect("p", &server.url("/one"), &ConnectOpts::new());
     node.connect("n", &server.url("/two"), &ConnectOpts::new());
@@ -256,14 +256,13 @@ fn unicast_and_prepared_messages(backend: IoBackend) {
     let (p, n) = (id_of("/one"), id_of("/two"));
 
     let split = server.split();
-    server.send_to_connection(n, &PreparedMessage::text("only for n", split));
-    server.send_to_connection(p, &PreparedMessage::binary(&[1, 2, 3], split));
+    server.send(Target::Connection(n), &PreparedMessage::text("only for n", split));
+    server.send(Target::Connection(p), &PreparedMessage::binary(&[1, 2, 3], split));
     let prepared = PreparedMessage::text("prepared for all", split);
-    server.broadcast_prepared(&prepared);
-    let selector: ringcast::Selector<Recorder> =
-        std::sync::Arc::new(|c| c.request().is_some_and(|r| r.path() == "/one"));
-    server.send_prepared_to(&PreparedMessage::text("path /one", split), selector);
-    server.broadcast_text("end");
+    server.broadcast(&prepared);
+    let selector: ringcast::Selector<()> = std::sync::Arc::new(|c| c.request().is_some_and(|r| r.path() == "/one"));
+    server.send(Target::Select(selector), &PreparedMessage::text("path /one", split));
+    server.broadcast("end");
 
     assert_eq!(python.expect_binary("p"), [1, 2, 3]);
     assert_eq!(python.expect_text("p"), "prepared for all");
@@ -276,8 +275,8 @@ fn unicast_and_prepared_messages(backend: IoBackend) {
     python.close("p", 1000, "");
     assert_eq!(python.expect_close("p").0, 1000);
     rec.log.wait_disconnect(p);
-    server.send_to_connection(p, &PreparedMessage::text("to nobody", split));
-    server.broadcast_text("after");
+    server.send(Target::Connection(p), &PreparedMessage::text("to nobody", split));
+    server.broadcast("after");
     assert_eq!(node.expect_text("n"), "after");
     server.stop();
 }

@@ -7,7 +7,7 @@ mod common;
 use std::net::SocketAddr;
 
 use common::*;
-use ringcast::{CloseFrame, Connection, ConnectionId, Handler, IoBackend};
+use ringcast::{CloseFrame, Connection, ConnectionId, Handler, IoBackend, Target};
 use testkit::browser::{PageOpts, run_page};
 
 #[derive(Clone, Default)]
@@ -22,18 +22,18 @@ impl Handler for Welcome {
         self.log.push(Ev::Connect(id));
     }
 
-    fn on_handshake_response_sent(&self, conn: &mut Connection<'_, Self>) {
+    fn on_handshake_response_sent(&self, conn: &mut Connection<'_, Self::Data>) {
         let origin = conn.request().and_then(|r| r.origin()).unwrap_or("").to_owned();
         self.log.push(Ev::Open(conn.id(), origin));
-        conn.send_text("welcome").unwrap();
+        conn.send("welcome").unwrap();
     }
 
-    fn on_text(&self, conn: &mut Connection<'_, Self>, text: &str) {
+    fn on_text(&self, conn: &mut Connection<'_, Self::Data>, text: &str) {
         self.log.push(Ev::Text(conn.id(), text.to_owned()));
-        conn.broadcast_text(&format!("everyone: {text}"));
+        conn.send_to(Target::All, &format!("everyone: {text}"));
     }
 
-    fn on_close(&self, conn: &mut Connection<'_, Self>, frame: Option<&CloseFrame>) {
+    fn on_close(&self, conn: &mut Connection<'_, Self::Data>, frame: Option<&CloseFrame>) {
         self.log.push(Ev::Close(conn.id(), close_of(frame)));
     }
 }
@@ -65,7 +65,7 @@ fn chromium_page(backend: IoBackend) {
     let text = welcome.log.wait_for("the page's message", |e| matches!(e, Ev::Text(..)));
     let Ev::Text(id, text) = text else { unreachable!() };
     assert_eq!(text, "hello from the page ✓");
-    server.broadcast_text("from the test");
+    server.broadcast("from the test");
     let result = browser.join().expect("browser thread");
 
     let messages: Vec<&str> = result["messages"].as_array().unwrap().iter().map(|m| m.as_str().unwrap()).collect();

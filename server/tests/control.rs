@@ -53,20 +53,20 @@ struct ManualPong {
 impl Handler for ManualPong {
     type Data = ();
 
-    fn on_handshake_response_sent(&self, conn: &mut Connection<'_, Self>) {
+    fn on_handshake_response_sent(&self, conn: &mut Connection<'_, Self::Data>) {
         self.log.push(Ev::Open(conn.id(), String::new()));
     }
 
-    fn on_text(&self, conn: &mut Connection<'_, Self>, text: &str) {
-        conn.send_text(text).unwrap();
+    fn on_text(&self, conn: &mut Connection<'_, Self::Data>, text: &str) {
+        conn.send(text).unwrap();
     }
 
-    fn on_ping(&self, conn: &mut Connection<'_, Self>, payload: &[u8]) {
+    fn on_ping(&self, conn: &mut Connection<'_, Self::Data>, payload: &[u8]) {
         self.log.push(Ev::Ping(conn.id(), payload.to_vec()));
         if payload != b"ignore me" {
             let mut reply = b"manual:".to_vec();
             reply.extend_from_slice(payload);
-            conn.send_pong(&reply).unwrap();
+            conn.pong(&reply).unwrap();
         }
     }
 }
@@ -136,18 +136,18 @@ struct ManualClose {
 impl Handler for ManualClose {
     type Data = ();
 
-    fn on_handshake_response_sent(&self, conn: &mut Connection<'_, Self>) {
+    fn on_handshake_response_sent(&self, conn: &mut Connection<'_, Self::Data>) {
         self.log.push(Ev::Open(conn.id(), String::new()));
     }
 
-    fn on_close(&self, conn: &mut Connection<'_, Self>, frame: Option<&CloseFrame>) {
+    fn on_close(&self, conn: &mut Connection<'_, Self::Data>, frame: Option<&CloseFrame>) {
         self.log.push(Ev::Close(conn.id(), close_of(frame)));
         if frame.is_some_and(|f| f.code == CloseCode::Library(4001)) {
             conn.close(CloseCode::Library(4100), "handled by the app").unwrap();
         }
     }
 
-    fn on_disconnect(&self, conn: &mut Connection<'_, Self>, reason: &DisconnectReason) {
+    fn on_disconnect(&self, conn: &mut Connection<'_, Self::Data>, reason: &DisconnectReason) {
         self.log.push(Ev::Disconnect(conn.id(), reason.clone()));
     }
 }
@@ -299,31 +299,31 @@ struct Ender {
 impl Handler for Ender {
     type Data = ();
 
-    fn on_handshake_response_sent(&self, conn: &mut Connection<'_, Self>) {
+    fn on_handshake_response_sent(&self, conn: &mut Connection<'_, Self::Data>) {
         self.log.push(Ev::Open(conn.id(), String::new()));
     }
 
-    fn on_text(&self, conn: &mut Connection<'_, Self>, text: &str) {
+    fn on_text(&self, conn: &mut Connection<'_, Self::Data>, text: &str) {
         self.log.push(Ev::Text(conn.id(), text.to_owned()));
         match text {
             "bye" => {
                 conn.close(CloseCode::Library(4000), "server says bye").unwrap();
                 assert!(!conn.is_open());
                 // Once the close is sent, nothing more may be sent.
-                let after = (conn.send_text("too late"), conn.send_ping(b""), conn.close(CloseCode::Normal, ""));
+                let after = (conn.send("too late"), conn.ping(b""), conn.close(CloseCode::Normal, ""));
                 let ok = after == (Err(SendError::NotOpen), Err(SendError::NotOpen), Err(SendError::NotOpen));
                 self.log.push(Ev::Text(conn.id(), format!("sends after close refused: {ok}")));
             }
             "kill" => conn.abort(),
-            other => conn.send_text(other).unwrap(),
+            other => conn.send(other).unwrap(),
         }
     }
 
-    fn on_close(&self, conn: &mut Connection<'_, Self>, frame: Option<&CloseFrame>) {
+    fn on_close(&self, conn: &mut Connection<'_, Self::Data>, frame: Option<&CloseFrame>) {
         self.log.push(Ev::Close(conn.id(), close_of(frame)));
     }
 
-    fn on_disconnect(&self, conn: &mut Connection<'_, Self>, reason: &DisconnectReason) {
+    fn on_disconnect(&self, conn: &mut Connection<'_, Self::Data>, reason: &DisconnectReason) {
         self.log.push(Ev::Disconnect(conn.id(), reason.clone()));
     }
 }

@@ -36,15 +36,15 @@ impl Handler for Gate {
         }
     }
 
-    fn on_handshake_response_sent(&self, conn: &mut Connection<'_, Self>) {
+    fn on_handshake_response_sent(&self, conn: &mut Connection<'_, Self::Data>) {
         self.log.push(Ev::Open(conn.id(), conn.request().unwrap().target().to_owned()));
     }
 
-    fn on_text(&self, conn: &mut Connection<'_, Self>, text: &str) {
-        conn.send_text(text).unwrap();
+    fn on_text(&self, conn: &mut Connection<'_, Self::Data>, text: &str) {
+        conn.send(text).unwrap();
     }
 
-    fn on_disconnect(&self, conn: &mut Connection<'_, Self>, reason: &DisconnectReason) {
+    fn on_disconnect(&self, conn: &mut Connection<'_, Self::Data>, reason: &DisconnectReason) {
         self.log.push(Ev::Disconnect(conn.id(), reason.clone()));
     }
 }
@@ -199,24 +199,24 @@ struct Ops {
 impl Handler for Ops {
     type Data = ();
 
-    fn on_handshake_response_sent(&self, conn: &mut Connection<'_, Self>) {
+    fn on_handshake_response_sent(&self, conn: &mut Connection<'_, Self::Data>) {
         self.log.push(Ev::Open(conn.id(), String::new()));
     }
 
-    fn on_http(&self, request: &HttpRequest<'_, Self>) -> Option<HttpResponse> {
+    fn on_http(&self, request: &HttpRequest<'_, Self::Data>) -> Option<HttpResponse> {
         let head = request.head();
         match (head.method(), head.path()) {
             ("GET", "/healthz") => Some(HttpResponse::text(200, "ok\n").header("X-Health", "green")),
             ("POST", "/publish") => {
                 let body = String::from_utf8_lossy(request.body()).into_owned();
-                request.broadcaster().broadcast_text(&body);
+                request.broadcaster().broadcast(&body);
                 Some(HttpResponse::json(202, format!("{{\"published\":{}}}", body.len())))
             }
             _ => None,
         }
     }
 
-    fn on_disconnect(&self, conn: &mut Connection<'_, Self>, reason: &DisconnectReason) {
+    fn on_disconnect(&self, conn: &mut Connection<'_, Self::Data>, reason: &DisconnectReason) {
         self.log.push(Ev::Disconnect(conn.id(), reason.clone()));
     }
 }
@@ -264,7 +264,7 @@ fn http_on_the_websocket_port(backend: IoBackend) {
         evs.iter().filter(|e| matches!(e, Ev::Disconnect(_, DisconnectReason::HttpServed))).count() == 6
     });
     // Nothing of the refused requests was published.
-    server.broadcast_text("sync");
+    server.broadcast("sync");
     assert_eq!(peer.expect_text("a"), "sync");
     server.stop();
 

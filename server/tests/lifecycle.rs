@@ -144,17 +144,17 @@ struct Named {
 impl Handler for Named {
     type Data = Tracked;
 
-    fn on_handshake_response_sent(&self, conn: &mut Connection<'_, Self>) {
+    fn on_handshake_response_sent(&self, conn: &mut Connection<'_, Self::Data>) {
         conn.data_mut().name = format!("conn-{}", conn.id());
         self.log.push(Ev::Open(conn.id(), String::new()));
     }
 
-    fn on_text(&self, conn: &mut Connection<'_, Self>, text: &str) {
+    fn on_text(&self, conn: &mut Connection<'_, Self::Data>, text: &str) {
         let reply = format!("{} says {text}", conn.data().name);
-        conn.send_text(&reply).unwrap();
+        conn.send(&reply).unwrap();
     }
 
-    fn on_disconnect(&self, conn: &mut Connection<'_, Self>, reason: &DisconnectReason) {
+    fn on_disconnect(&self, conn: &mut Connection<'_, Self::Data>, reason: &DisconnectReason) {
         // The data is still there during on_disconnect.
         let intact = conn.request().is_none() || conn.data().name == format!("conn-{}", conn.id());
         assert!(intact, "user data changed before on_disconnect");

@@ -232,10 +232,10 @@ fn split_messages_on_the_wire(backend: IoBackend) {
         let what = format!("frame size {frame_size}");
         wait_until("the client to be open", WAIT, || server.stats().websockets == 1);
         // From the test thread, through every shard.
-        server.broadcast_binary(&big);
-        server.broadcast_text(&text);
-        server.broadcast_binary(b"");
-        server.broadcast_text("x");
+        server.broadcast(&big);
+        server.broadcast(&text);
+        server.broadcast(b"");
+        server.broadcast("x");
         let (op, data, frames) = client.read_message();
         check_split(&frames, OpCode::Binary, frame_size, big.len(), &format!("{what}, 1 MiB broadcast"));
         assert!((op, data == big) == (OpCode::Binary, true), "{what}: 1 MiB broadcast reassembled differently");
@@ -302,11 +302,11 @@ struct Streamer {
 impl Handler for Streamer {
     type Data = ();
 
-    fn on_handshake_response_sent(&self, conn: &mut Connection<'_, Self>) {
+    fn on_handshake_response_sent(&self, conn: &mut Connection<'_, Self::Data>) {
         self.log.push(Ev::Open(conn.id(), String::new()));
     }
 
-    fn on_text(&self, conn: &mut Connection<'_, Self>, text: &str) {
+    fn on_text(&self, conn: &mut Connection<'_, Self::Data>, text: &str) {
         self.log.push(Ev::Text(conn.id(), text.to_owned()));
         match text {
             "stream" => conn.send_frame(OpCode::Text, false, b"first half, ").unwrap(),
@@ -329,7 +329,7 @@ fn streamed_fragments_are_not_interleaved_with_other_messages(backend: IoBackend
     let first = raw.expect_frame();
     assert_eq!((first.header.opcode, first.header.fin), (OpCode::Text, false));
     let queued = server.stats().messages_out;
-    server.broadcast_text("broadcast while streaming");
+    server.broadcast("broadcast while streaming");
     wait_until("the broadcast to be handled", WAIT, || {
         server.stats().messages_out + server.stats().dropped_messages > queued
     });
@@ -358,7 +358,7 @@ fn streamed_fragments_are_not_interleaved_with_other_messages(backend: IoBackend
             evs.iter().filter(|e| matches!(e, Ev::Text(_, t) if t == "stream")).count() == n + 2
         });
         let queued = server.stats().messages_out;
-        server.broadcast_text("broadcast while streaming");
+        server.broadcast("broadcast while streaming");
         wait_until("the broadcast to be queued", WAIT, || server.stats().messages_out > queued);
         peer.send_text("a", "finish");
         assert_eq!(peer.expect_text("a"), "first half, second half", "{kind}");

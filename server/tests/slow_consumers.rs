@@ -70,7 +70,7 @@ fn message_count(slow: &TcpStream) -> usize {
 fn flood(server: &Running<Recorder>, fast: &mut [Peer; 2], count: usize) {
     for pair in (0..count).collect::<Vec<_>>().chunks(2) {
         for &i in pair {
-            server.broadcast_text(&message(i));
+            server.broadcast(&message(i));
         }
         for peer in fast.iter_mut() {
             let drained = peer.drain(&Drain::id("fast").wait_count(pair.len()).list());
@@ -129,7 +129,7 @@ fn drop_new(backend: IoBackend) {
     let received = slow_queued as usize * (MESSAGE_LEN + 10);
     assert!(received <= bound, "the slow client was sent {received} bytes, more than the bound {bound}");
     // Caught up: it receives again, like everyone.
-    server.broadcast_text("after the flood");
+    server.broadcast("after the flood");
     assert_eq!(slow.read_text(), "after the flood");
     for peer in &mut fast {
         let drained = peer.drain(&Drain::id("fast").wait_count(1).list());
@@ -212,7 +212,7 @@ fn disconnect(backend: IoBackend) {
     // Only the slow one went.
     assert_eq!(rec.log.events().iter().filter(|e| matches!(e, Ev::Disconnect(..))).count(), 1);
     assert_eq!(server.stats().websockets, 2);
-    server.broadcast_text("still there?");
+    server.broadcast("still there?");
     for peer in &mut fast {
         let drained = peer.drain(&Drain::id("fast").wait_count(1).list());
         assert_eq!(drained.messages[0].payload, Payload::Text("still there?".into()));

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use ringcast::{Connection, Handler, IoBackend, Server, ServerHandle, StartError, TlsFiles};
+use ringcast::{Connection, Handler, IoBackend, Server, ServerHandle, StartError, Target, TlsFiles};
 use testkit::browser::{PageOpts, run_page};
 use testkit::tls::TestCerts;
 use testkit::{ConnectOpts, Drain, Peer};
@@ -14,20 +14,20 @@ struct Echo;
 impl Handler for Echo {
     type Data = ();
 
-    fn on_handshake_response_sent(&self, conn: &mut Connection<'_, Self>) {
-        let _ = conn.send_text("welcome");
+    fn on_handshake_response_sent(&self, conn: &mut Connection<'_, Self::Data>) {
+        let _ = conn.send("welcome");
     }
 
-    fn on_text(&self, conn: &mut Connection<'_, Self>, text: &str) {
+    fn on_text(&self, conn: &mut Connection<'_, Self::Data>, text: &str) {
         if let Some(rest) = text.strip_prefix("broadcast:") {
-            conn.broadcast_text(rest);
+            conn.send_to(Target::All, rest);
         } else {
-            let _ = conn.send_text(text);
+            let _ = conn.send(text);
         }
     }
 
-    fn on_binary(&self, conn: &mut Connection<'_, Self>, data: &[u8]) {
-        let _ = conn.send_binary(data);
+    fn on_binary(&self, conn: &mut Connection<'_, Self::Data>, data: &[u8]) {
+        let _ = conn.send(data);
     }
 }
 
@@ -83,7 +83,7 @@ fn broadcast_reaches_every_tls_client() {
         peer.crowd("w", 30, &url, &ConnectOpts::new().ca_file(&certs.ca_file));
         peer.drain(&Drain::prefix("w").wait_count(1));
         for i in 0..20 {
-            server.broadcast_text(&format!("b{i}"));
+            server.broadcast(&format!("b{i}"));
         }
         let drained = peer.drain(&Drain::prefix("w").wait_count(20));
         assert!(drained.satisfied, "{backend:?}: {:?}", drained.per_conn);

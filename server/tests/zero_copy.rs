@@ -82,9 +82,9 @@ struct Copier {
 impl Handler for Copier {
     type Data = ();
 
-    fn on_text(&self, conn: &mut Connection<'_, Self>, text: &str) {
+    fn on_text(&self, conn: &mut Connection<'_, Self::Data>, text: &str) {
         if text == "copy" {
-            conn.send_binary(&self.payload).unwrap();
+            conn.send(&self.payload[..]).unwrap();
         }
     }
 }
@@ -144,7 +144,7 @@ fn broadcast_is_not_copied_per_connection(backend: IoBackend) {
 
     // The measured window: one 4 MiB broadcast until every client has all of it.
     let before = ALLOCATED.load(Ordering::SeqCst);
-    server.broadcast_binary(&payload);
+    server.broadcast(&payload);
     wait_until("every client to receive the broadcast", WAIT, || received.load(Ordering::SeqCst) == CLIENTS);
     let broadcast_allocated = ALLOCATED.load(Ordering::SeqCst) - before;
 

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use ringcast_codec::Split;
 
+use crate::api::connection::ConnectionRef;
 use crate::api::target::{Message, Target};
 use crate::stats::{ShardStats, Stats};
 
@@ -100,7 +101,7 @@ pub(crate) struct Router<D> {
 /// | reference | ringcast |
 /// | --- | --- |
 /// | `BroadcastMessage(text)` / `BroadcastData(bytes)` | `broadcast(text)` / `broadcast(bytes)` |
-/// | `SendMessageTo(text, selector)` / `SendDataTo(bytes, selector)` | `send(Target::select(selector), message)` |
+/// | `SendMessageTo(text, selector)` / `SendDataTo(bytes, selector)` | `send_where(selector, message)` |
 pub struct Broadcaster<D> {
     pub(crate) router: Arc<Router<D>>,
 }
@@ -124,19 +125,53 @@ impl<D> Broadcaster<D> {
     /// # }
     /// ```
     pub fn send<'a>(&self, target: Target<D>, message: impl Into<Message<'a>>) {
-        let message = Arc::new(Broadcast { bytes: message.into().encode(self.router.split), published: Instant::now() });
-        match &target {
-            Target::Connection(id) => {
-                if let Some(shard) = self.router.shards.get(id.shard()) {
-                    shard.post(Command::Send { message, target });
-                }
+        let bytes = message.into().encode(self.router.split);
+        let message = Arc::new(Broadcast { bytes, published: Instant::now() });
+        self.route(None, message, target);
+    }
+
+    /// Posts `message` to the shards `target` may reach, except `local`, whose part is
+    /// returned for the caller (that shard's own loop) to apply at once.
+    pub(crate) fn route(
+        &self,
+        local: Option<usize>,
+        message: Arc<Broadcast>,
+        target: Target<D>,
+    ) -> Option<(Arc<Broadcast>, Target<D>)> {
+        let reaches = |index: usize| match &target {
+            Target::Connection(id) => id.shard() == index,
+            _ => true,
+        };
+        let mut own = None;
+        for (index, shard) in self.router.shards.iter().enumerate() {
+            if !reaches(index) {
+                continue;
             }
-            _ => {
-                for shard in &self.router.shards {
-                    shard.post(Command::Send { message: message.clone(), target: target.clone() });
-                }
+            if Some(index) == local {
+                own = Some((message.clone(), target.clone()));
+            } else {
+                shard.post(Command::Send { message: message.clone(), target: target.clone() });
             }
         }
+        own
+    }
+
+    /// Sends `message` to the connections `selector` picks (the reference's
+    /// `SendMessageTo`/`SendDataTo`): `send(Target::select(selector), message)`, with the
+    /// selector's argument type known from the broadcaster.
+    ///
+    /// ```no_run
+    /// # struct Member { room: String }
+    /// # fn demo(server: &ringcast::Broadcaster<Member>) {
+    /// server.send_where(|conn| conn.data().room == "lobby", "hello, lobby");
+    /// # }
+    /// ```
+    pub fn send_where<'a>(
+        &self,
+        selector: impl Fn(&ConnectionRef<'_, D>) -> bool + Send + Sync + 'static,
+        message: impl Into<Message<'a>>,
+    ) {
+        self.send(Target::select(selector), message);
     }
 
     /// Sends `message` to every open connection: `send(Target::All, message)`.

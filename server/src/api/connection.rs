@@ -8,7 +8,7 @@ use std::time::Instant;
 use ringcast_codec::handshake::Request;
 use ringcast_codec::{CloseCode, OpCode, PreparedMessage};
 
-use crate::api::broadcaster::Broadcaster;
+use crate::api::broadcaster::{Broadcast, Broadcaster};
 use crate::api::target::{Message, Target};
 use crate::config::Config;
 use crate::conn::{Conn, OutFrame, Outbound, Overflow, Refused};
@@ -25,6 +25,11 @@ pub(crate) struct ShardView<D> {
     pub(crate) stats: Arc<ShardStats>,
     /// The time of the event being handled.
     pub(crate) now: Instant,
+    /// This shard's index.
+    pub(crate) index: usize,
+    /// Sends a handler made to this shard's own connections, applied as soon as the
+    /// handler returns (before anything else the shard does).
+    pub(crate) deferred: Vec<(Arc<Broadcast>, Target<D>)>,
 }
 
 impl<D> ShardView<D> {
@@ -106,17 +111,33 @@ impl<D> Connection<'_, D> {
             return Err(SendError::NotOpen);
         }
         let frame = OutFrame::single(message.into().encode(self.shard.config.split), self.shard.now);
-        let result = self.shard.tracked(self.conn, |conn, config, now| {
-            conn.send_data(frame, Outbound::Message, config, now)
-        });
+        let result =
+            self.shard.tracked(self.conn, |conn, config, now| conn.send_data(frame, Outbound::Message, config, now));
         self.shard.count(result)
     }
 
     /// Sends `message` to the connections `target` picks, on every shard (this
     /// connection included if the target includes it): e.g.
     /// `conn.send_to(Target::AllExcept(conn.id()), text)` relays to everyone else.
-    pub fn send_to<'m>(&self, target: Target<D>, message: impl Into<Message<'m>>) {
-        self.shard.broadcaster.send(target, message);
+    ///
+    /// This shard's own connections get it as soon as the handler returns, before the
+    /// shard handles anything else; other shards get it through their mailboxes.
+    pub fn send_to<'m>(&mut self, target: Target<D>, message: impl Into<Message<'m>>) {
+        let bytes = message.into().encode(self.shard.config.split);
+        let message = Arc::new(Broadcast { bytes, published: self.shard.now });
+        if let Some(local) = self.shard.broadcaster.route(Some(self.shard.index), message, target) {
+            self.shard.deferred.push(local);
+        }
+    }
+
+    /// Sends `message` to the connections `selector` picks, on every shard:
+    /// `send_to(Target::select(selector), message)`.
+    pub fn send_where<'m>(
+        &mut self,
+        selector: impl Fn(&ConnectionRef<'_, D>) -> bool + Send + Sync + 'static,
+        message: impl Into<Message<'m>>,
+    ) {
+        self.send_to(Target::select(selector), message);
     }
 
     /// Queues one raw frame with the given opcode and FIN bit, for applications that

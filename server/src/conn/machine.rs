@@ -520,7 +520,14 @@ impl<D> Conn<D> {
     }
 
     /// Closes on the server's behalf (stop, policy), keeping `reason` as the end reason.
-    pub(crate) fn close_for(&mut self, reason: DisconnectReason, code: CloseCode, text: &str, config: &Config, now: Instant) {
+    pub(crate) fn close_for(
+        &mut self,
+        reason: DisconnectReason,
+        code: CloseCode,
+        text: &str,
+        config: &Config,
+        now: Instant,
+    ) {
         match self.phase {
             Phase::Head { .. } | Phase::Body { .. } | Phase::Deciding => self.finish(reason),
             Phase::Open => {

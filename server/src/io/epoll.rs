@@ -109,8 +109,14 @@ impl<H: Handler> EpollDriver<H> {
             }
             self.shard.mailbox().unpark();
             let now = Instant::now();
-            let ready: Vec<(Token, bool, bool)> =
-                self.events.iter().map(|e| (e.token(), e.is_readable() || e.is_read_closed() || e.is_error(), e.is_writable())).collect();
+            // Commands first: one posted before a connection's input arrived (a send
+            // from another thread, then a client reacting to it) is applied before it.
+            self.shard.on_commands(now);
+            let ready: Vec<(Token, bool, bool)> = self
+                .events
+                .iter()
+                .map(|e| (e.token(), e.is_readable() || e.is_read_closed() || e.is_error(), e.is_writable()))
+                .collect();
             for (token, readable, writable) in ready {
                 match token {
                     LISTENER => self.accept(now),
@@ -155,8 +161,11 @@ impl<H: Handler> EpollDriver<H> {
                     };
                     let key = self.shard.accept(EpollIo { stream, tls, blocked: false }, peer, now);
                     if let Some(slot) = self.shard.slot_mut(key)
-                        && let Err(e) =
-                            self.poll.registry().register(&mut slot.io.stream, Token(key), Interest::READABLE | Interest::WRITABLE)
+                        && let Err(e) = self.poll.registry().register(
+                            &mut slot.io.stream,
+                            Token(key),
+                            Interest::READABLE | Interest::WRITABLE,
+                        )
                     {
                         self.shard.abort(key, DisconnectReason::Io(format!("epoll registration: {e}")));
                     }
@@ -225,6 +234,13 @@ impl<H: Handler> EpollDriver<H> {
             self.shard.take_ended(&mut ended);
             for key in ended.drain(..) {
                 if let Some(mut io) = self.shard.release(key) {
+                    // TLS counts plaintext as written once encrypted: send the records
+                    // holding the last frames (a close frame, an HTTP answer) first.
+                    if let Some(tls) = io.tls.as_mut()
+                        && tls.take_output().unwrap_or(false)
+                    {
+                        let _ = io.stream.write_all(tls.unsent());
+                    }
                     let _ = self.poll.registry().deregister(&mut io.stream);
                     let _ = io.stream.shutdown(Shutdown::Both);
                 }

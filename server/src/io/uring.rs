@@ -28,7 +28,6 @@ use io_uring::{IoUring, cqueue, opcode, squeue};
 
 use crate::config::Config;
 use crate::conn::OutFrame;
-use crate::event::DisconnectReason;
 use crate::handler::Handler;
 use crate::io::tls::TlsState;
 use crate::io::{BUSY_RESPONSE, MAX_IOV, describe};
@@ -362,6 +361,8 @@ pub(crate) struct UringDriver<H: Handler> {
     dirty: Vec<usize>,
     flush_keys: Vec<usize>,
     ended: Vec<usize>,
+    /// Ended TLS connections sending their last records, with when to give up.
+    lingering: Vec<(Instant, usize)>,
     spare_writes: Vec<Box<WriteOp>>,
     plaintext: Vec<u8>,
 }
@@ -388,6 +389,7 @@ impl<H: Handler> UringDriver<H> {
             rearm: Vec::new(),
             dirty: Vec::new(),
             flush_keys: Vec::new(),
+            lingering: Vec::new(),
             ended: Vec::new(),
             spare_writes: Vec::new(),
             plaintext: Vec::new(),
@@ -446,6 +448,9 @@ impl<H: Handler> UringDriver<H> {
     pub(crate) fn run(mut self) {
         loop {
             let now = Instant::now();
+            // Commands first: one posted before a connection's input arrived (a send
+            // from another thread, then a client reacting to it) is applied before it.
+            self.shard.on_commands(now);
             self.completions.clear();
             self.completions.extend(self.ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
             let mut completions = std::mem::take(&mut self.completions);
@@ -458,9 +463,9 @@ impl<H: Handler> UringDriver<H> {
             for key in std::mem::take(&mut self.rearm) {
                 self.arm_recv(key);
             }
-            self.shard.on_commands(now);
             self.shard.on_timers(now);
             self.flush(now);
+            self.end_lingering(now);
             if self.accept_retry.is_some_and(|at| now >= at) {
                 self.accept_retry = None;
                 self.arm_accept();
@@ -489,7 +494,8 @@ impl<H: Handler> UringDriver<H> {
     /// Submits everything queued this turn and waits for completions, in one
     /// `io_uring_enter`.
     fn wait(&mut self, now: Instant) {
-        let deadline = [self.shard.next_deadline(), self.accept_retry, self.shard.stop_limit()].into_iter().flatten().min();
+        let deadline =
+            [self.shard.next_deadline(), self.accept_retry, self.shard.stop_limit()].into_iter().flatten().min();
         let busy = !self.ring.completion().is_empty() || !self.shard.mailbox().park();
         let timeout = if busy { Some(Duration::ZERO) } else { deadline.map(|d| d.saturating_duration_since(now)) };
         let result = match timeout {
@@ -571,7 +577,6 @@ impl<H: Handler> UringDriver<H> {
         self.shard.unadmit();
     }
 
-
     fn on_recv(&mut self, key: usize, result: i32, flags: u32, now: Instant) {
         let more = cqueue::more(flags);
         let bid = cqueue::buffer_select(flags);
@@ -648,7 +653,7 @@ impl<H: Handler> UringDriver<H> {
         let written = result as usize;
         if was_tls {
             op.ciphertext.advance(written.min(op.ciphertext.len()));
-            if !op.ciphertext.is_empty() && !closing {
+            if !op.ciphertext.is_empty() {
                 // A short write: the rest goes out next.
                 op.prepare();
                 let fd = slot.io.fd.as_raw_fd();
@@ -659,14 +664,15 @@ impl<H: Handler> UringDriver<H> {
         }
         op.reset();
         self.spare_writes.push(op);
-        if !closing {
-            if !was_tls {
-                self.shard.on_written(key, written, now);
-            }
-            // More may have been queued meanwhile (or TLS output is waiting).
-            self.dirty.push(key);
+        if closing {
+            // The last TLS records are out (or this was a write the close interrupted).
+            return self.shutdown(key);
         }
-        self.maybe_release(key);
+        if !was_tls {
+            self.shard.on_written(key, written, now);
+        }
+        // More may have been queued meanwhile (or TLS output is waiting).
+        self.dirty.push(key);
     }
 
     /// Writes the connections that have frames queued, and starts closing the ones that
@@ -683,7 +689,7 @@ impl<H: Handler> UringDriver<H> {
                 self.write(key, now);
             }
             for &key in &ended {
-                self.close(key);
+                self.close(key, now);
             }
             keys.clear();
             ended.clear();
@@ -745,13 +751,52 @@ impl<H: Handler> UringDriver<H> {
 
     /// `key` ended: shut its socket down (which completes its recv and any write), and
     /// close it once nothing is in flight.
-    fn close(&mut self, key: usize) {
+    fn close(&mut self, key: usize, now: Instant) {
         let Some(slot) = self.shard.slot_mut(key) else { return };
-        if !slot.io.closing {
-            slot.io.closing = true;
+        if slot.io.closing {
+            return self.maybe_release(key);
+        }
+        slot.io.closing = true;
+        // TLS counts plaintext as written once encrypted: the records holding the last
+        // frames (a close frame, an HTTP answer) may still be waiting. Send them first,
+        // for at most the close timeout.
+        if slot.io.tls.is_some() && slot.io.write.is_some() {
+            // Those records are being written: shut down when the write completes.
+            self.lingering.push((now + self.shard.config().close_timeout, key));
+            return;
+        }
+        let flush = slot.io.tls.as_mut().is_some_and(|tls| tls.take_output().unwrap_or(false));
+        if flush && let Some(tls) = slot.io.tls.as_mut() {
+            let mut op = self.spare_writes.pop().unwrap_or_else(WriteOp::new);
+            op.ciphertext = Bytes::from(std::mem::take(&mut tls.pending)).slice(tls.pending_sent..);
+            tls.pending_sent = 0;
+            op.prepare();
+            let entry = opcode::SendMsg::new(Fd(slot.io.fd.as_raw_fd()), &op.msg).flags(libc::MSG_NOSIGNAL as u32).build();
+            slot.io.write = Some(op);
+            self.push(entry.user_data(user_data(Op::Send, key)));
+            self.lingering.push((now + self.shard.config().close_timeout, key));
+            return;
+        }
+        self.shutdown(key);
+    }
+
+    /// Shuts `key`'s socket down, which completes its recv and any write.
+    fn shutdown(&mut self, key: usize) {
+        if let Some(slot) = self.shard.slot_mut(key) {
             let _ = socket2::SockRef::from(&slot.io.fd).shutdown(Shutdown::Both);
         }
         self.maybe_release(key);
+    }
+
+    /// Closing connections whose last TLS records did not go out in time.
+    fn end_lingering(&mut self, now: Instant) {
+        while let Some(&(deadline, key)) = self.lingering.first() {
+            if now < deadline {
+                return;
+            }
+            self.lingering.remove(0);
+            self.shutdown(key);
+        }
     }
 
     fn maybe_release(&mut self, key: usize) {
@@ -823,7 +868,7 @@ mod tests {
         assert!(buffers.take(1, 129).is_none(), "longer than a buffer");
         buffers.grow();
         buffers.replenish();
-        assert_eq!(buffers.posted, 63, "the target doubled to the whole pool");
+        assert_eq!(buffers.posted, 64, "the target doubled to the whole pool, buffer 0 back in it");
         buffers.unregister(&ring);
     }
 }

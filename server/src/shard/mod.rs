@@ -80,7 +80,15 @@ impl<H: Handler, I> Shard<H, I> {
             index,
             handler,
             conns: Slab::new(),
-            view: ShardView { config, broadcaster, topics: Default::default(), stats, now },
+            view: ShardView {
+                config,
+                broadcaster,
+                topics: Default::default(),
+                stats,
+                now,
+                index,
+                deferred: Vec::new(),
+            },
             mailbox,
             timers: TimerQueue::default(),
             dirty: Vec::new(),
@@ -250,10 +258,21 @@ impl<H: Handler, I> Shard<H, I> {
         }
     }
 
-    /// Calls the handler with a [`Connection`] view of `key`.
+    /// Calls the handler with a [`Connection`] view of `key`, then queues what it sent
+    /// to this shard's connections.
     fn dispatch(&mut self, key: usize, f: impl FnOnce(&H, &mut Connection<'_, H::Data>)) {
         let Some(slot) = self.conns.get_mut(key) else { return };
         f(&self.handler, &mut Connection { conn: &mut slot.conn, shard: &mut self.view });
+        self.apply_deferred();
+    }
+
+    fn apply_deferred(&mut self) {
+        while !self.view.deferred.is_empty() {
+            let deferred = std::mem::take(&mut self.view.deferred);
+            for (message, target) in &deferred {
+                self.fan_out(message, target);
+            }
+        }
     }
 
     /// The peer closed its side.
@@ -474,7 +493,13 @@ impl<H: Handler, I> Shard<H, I> {
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
         for key in keys {
             if let Some(slot) = self.conns.get_mut(key) {
-                slot.conn.close_for(DisconnectReason::ServerStopping, CloseCode::Away, "server stopping", &self.view.config, now);
+                slot.conn.close_for(
+                    DisconnectReason::ServerStopping,
+                    CloseCode::Away,
+                    "server stopping",
+                    &self.view.config,
+                    now,
+                );
             }
             self.settle(key);
         }

@@ -257,42 +257,42 @@ impl Handler for Recorder {
         self.log.push(Ev::Connect(id));
     }
 
-    fn on_handshake_response_sent(&self, conn: &mut Connection<'_, Self>) {
+    fn on_handshake_response_sent(&self, conn: &mut Connection<'_, Self::Data>) {
         let path = conn.request().map(|r| r.target().to_owned()).unwrap_or_default();
         self.log.push(Ev::Open(conn.id(), path));
     }
 
-    fn on_text(&self, conn: &mut Connection<'_, Self>, text: &str) {
+    fn on_text(&self, conn: &mut Connection<'_, Self::Data>, text: &str) {
         self.log.push(Ev::Text(conn.id(), text.to_owned()));
         if self.echo {
-            conn.send_text(text).expect("echo text");
+            conn.send(text).expect("echo text");
         }
     }
 
-    fn on_binary(&self, conn: &mut Connection<'_, Self>, data: &[u8]) {
+    fn on_binary(&self, conn: &mut Connection<'_, Self::Data>, data: &[u8]) {
         self.log.push(Ev::Binary(conn.id(), data.to_vec()));
         if self.echo {
-            conn.send_binary(data).expect("echo binary");
+            conn.send(data).expect("echo binary");
         }
     }
 
-    fn on_frame(&self, conn: &mut Connection<'_, Self>, frame: Frame<'_>) {
+    fn on_frame(&self, conn: &mut Connection<'_, Self::Data>, frame: Frame<'_>) {
         self.log.push(Ev::Frame(conn.id(), frame.opcode, frame.fin, frame.payload.to_vec()));
     }
 
-    fn on_ping(&self, conn: &mut Connection<'_, Self>, payload: &[u8]) {
+    fn on_ping(&self, conn: &mut Connection<'_, Self::Data>, payload: &[u8]) {
         self.log.push(Ev::Ping(conn.id(), payload.to_vec()));
     }
 
-    fn on_pong(&self, conn: &mut Connection<'_, Self>, payload: &[u8]) {
+    fn on_pong(&self, conn: &mut Connection<'_, Self::Data>, payload: &[u8]) {
         self.log.push(Ev::Pong(conn.id(), payload.to_vec()));
     }
 
-    fn on_close(&self, conn: &mut Connection<'_, Self>, frame: Option<&CloseFrame>) {
+    fn on_close(&self, conn: &mut Connection<'_, Self::Data>, frame: Option<&CloseFrame>) {
         self.log.push(Ev::Close(conn.id(), close_of(frame)));
     }
 
-    fn on_disconnect(&self, conn: &mut Connection<'_, Self>, reason: &DisconnectReason) {
+    fn on_disconnect(&self, conn: &mut Connection<'_, Self::Data>, reason: &DisconnectReason) {
         self.log.push(Ev::Disconnect(conn.id(), reason.clone()));
     }
 }
