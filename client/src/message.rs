@@ -137,10 +137,10 @@ mod tests {
     use super::*;
     use ringcast_codec::{Decoder, DecoderConfig, Incoming, Role};
 
-    fn decode_as_server(frame: &[u8]) -> Incoming {
+    fn decode_as_server(frame: &[u8]) -> Incoming<'static> {
         let mut decoder = Decoder::new(DecoderConfig::new(Role::Server));
         let mut buf = BytesMut::from(frame);
-        let incoming = decoder.decode(&mut buf).unwrap().unwrap();
+        let incoming = decoder.decode_buf(&mut buf).unwrap().unwrap();
         assert!(buf.is_empty());
         incoming
     }

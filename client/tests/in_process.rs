@@ -12,7 +12,7 @@ use ringcast_client::{
     ClientConfig, CloseCode, CloseFrame, DisconnectReason, Error, EventHandler, Message, ProtocolError, Sender, Stage,
     Utf8Bytes,
 };
-use ringcast_codec::{Incoming, OpCode, PreparedMessage, Split};
+use ringcast_codec::{Incoming, OpCode, Payload, PreparedMessage, Split};
 
 fn config(port: u16) -> ClientConfig {
     ClientConfig::new("127.0.0.1", port)
@@ -90,7 +90,7 @@ async fn pings_are_answered_and_passed_on() {
     let (_sender, mut receiver) = ringcast_client::connect(&config(server.port)).await.unwrap();
     let mut conn = server.accept().await;
     conn.send(&PreparedMessage::ping(b"are you there").unwrap()).await;
-    assert_eq!(conn.expect().await, Incoming::Pong(Bytes::from_static(b"are you there")));
+    assert_eq!(conn.expect().await, Incoming::Pong(Payload::Borrowed(b"are you there")));
     assert_eq!(next(&mut receiver).await.unwrap().unwrap(), Message::Ping(Bytes::from_static(b"are you there")));
 }
 
@@ -101,12 +101,12 @@ async fn pings_are_answered_even_when_nobody_reads() {
     let mut conn = server.accept().await;
     for i in 0..3u8 {
         conn.send(&PreparedMessage::ping(&[i]).unwrap()).await;
-        assert_eq!(conn.expect().await, Incoming::Pong(Bytes::from(vec![i])));
+        assert_eq!(conn.expect().await, Incoming::Pong(Payload::from(vec![i])));
     }
     drop(receiver);
     conn.send(&PreparedMessage::text("ignored", Split::Whole)).await;
     conn.send(&PreparedMessage::ping(b"still").unwrap()).await;
-    assert_eq!(conn.expect().await, Incoming::Pong(Bytes::from_static(b"still")));
+    assert_eq!(conn.expect().await, Incoming::Pong(Payload::Borrowed(b"still")));
 }
 
 #[tokio::test]
@@ -388,9 +388,9 @@ async fn the_event_handler_sees_every_event_in_order() {
     assert_eq!(conn.expect().await, Incoming::Text("replied".into()));
     conn.send(&PreparedMessage::binary(&[1, 2, 3], Split::Whole)).await;
     conn.send(&PreparedMessage::ping(b"p").unwrap()).await;
-    assert_eq!(conn.expect().await, Incoming::Pong(Bytes::from_static(b"p")));
+    assert_eq!(conn.expect().await, Incoming::Pong(Payload::Borrowed(b"p")));
     sender.ping(b"q").await.unwrap();
-    assert_eq!(conn.expect().await, Incoming::Ping(Bytes::from_static(b"q")));
+    assert_eq!(conn.expect().await, Incoming::Ping(Payload::Borrowed(b"q")));
     conn.send(&PreparedMessage::pong(b"q").unwrap()).await;
     conn.close(CloseCode::Away, "bye").await;
     assert_eq!(conn.expect_close().await.map(|f| f.code), Some(CloseCode::Away));

@@ -184,6 +184,14 @@ impl Decoder {
         self.partial.is_some()
     }
 
+    /// Forgets any incomplete frame or message (and a recorded failure): the decoder is
+    /// as new, and holds no buffer.
+    pub fn reset(&mut self) {
+        self.partial = None;
+        self.failed = None;
+        self.waiting_checked = 0;
+    }
+
     /// Heap bytes this decoder holds for incomplete frames and messages; 0 between
     /// messages.
     pub fn buffered_bytes(&self) -> usize {

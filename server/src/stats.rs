@@ -69,6 +69,9 @@ pub struct ShardStats {
     pub io_uring: Counter,
     /// Bytes queued on this shard's connections and not yet written (a gauge).
     pub queued_bytes: Counter,
+    /// Bytes held for incomplete input: request heads, bodies, frames and messages still
+    /// arriving (a gauge).
+    pub buffered_input: Counter,
 }
 
 impl ShardStats {
@@ -90,6 +93,8 @@ pub struct Stats {
     pub io_uring: Vec<bool>,
     /// Per shard: bytes queued on its connections and not yet written.
     pub queued_bytes: Vec<u64>,
+    /// Bytes held for incomplete input on all shards.
+    pub buffered_input: u64,
     /// Upgraded WebSocket connections.
     pub websockets: u64,
     /// Upgrades completed.
@@ -125,6 +130,7 @@ impl Stats {
             stats.connections.push(shard.connections.get());
             stats.io_uring.push(shard.io_uring.get() == 1);
             stats.queued_bytes.push(shard.queued_bytes.get());
+            stats.buffered_input += shard.buffered_input.get();
             stats.websockets += shard.websockets.get();
             stats.handshakes_accepted += shard.handshakes_accepted.get();
             stats.handshakes_refused += shard.handshakes_refused.get();

@@ -7,7 +7,6 @@ mod service;
 mod settings;
 
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -77,8 +76,8 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     };
     let server = builder(&args)?.start(service)?;
     if let Some(backbone) = backbone {
-        let broadcaster = server.broadcaster();
-        backbone.start(move |inbound| broadcaster.handler().deliver_from_cluster(&broadcaster, inbound))?;
+        let (broadcaster, service) = (server.broadcaster(), server.handler().clone());
+        backbone.start(move |inbound| service.deliver_from_cluster(&broadcaster, inbound))?;
     }
     tracing::info!(
         addr = %server.local_addr(),
@@ -174,10 +173,9 @@ fn wait_for_signal(server: &ServerHandle<Service>) -> std::io::Result<()> {
 }
 
 /// Pushes a JSON snapshot of the counters to the status page's feed every second.
-fn status_feed(broadcaster: Broadcaster<Service>) {
+fn status_feed(broadcaster: Broadcaster<service::Peer>) {
     let mut last = broadcaster.stats();
     let mut last_time = Instant::now();
-    let selector: ringcast::Selector<Service> = Arc::new(|c| c.data().role == Role::StatusFeed);
     loop {
         std::thread::sleep(Duration::from_secs(1));
         let stats = broadcaster.stats();
@@ -196,7 +194,7 @@ fn status_feed(broadcaster: Broadcaster<Service>) {
             stats.dropped_messages,
             backends.join(",")
         );
-        broadcaster.send_prepared_to(&ringcast::PreparedMessage::text(&json, ringcast::Split::Whole), selector.clone());
+        broadcaster.send_where(|c| c.data().role == Role::StatusFeed, &json);
         last = stats;
     }
 }

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
-use ringcast::{Allow, Connection, Handler, HttpRequest, HttpResponse, PreparedMessage, Request};
+use ringcast::{Allow, Connection, Handler, HttpRequest, HttpResponse, PreparedMessage, Request, Target};
 use simd_json::prelude::*;
 
 use crate::cluster::{Cluster, Scope};
@@ -72,17 +72,17 @@ impl Service {
     }
 
     /// Broadcast mode: a publisher's message goes to every subscriber, encoded once.
-    fn fan_out(&self, conn: &Connection<'_, Self>, message: PreparedMessage, binary: bool, payload: &[u8]) {
+    fn fan_out(&self, conn: &mut Connection<'_, Peer>, message: PreparedMessage, binary: bool, payload: &[u8]) {
         self.counters.published.fetch_add(1, Ordering::Relaxed);
-        conn.send_to(&message, |c| c.data().role == Role::Subscriber);
+        conn.send_where(|c| c.data().role == Role::Subscriber, &message);
         self.to_cluster(&Scope::Broadcast, binary, payload);
     }
 
     /// Relay mode: to every other client, here and on the other nodes.
-    fn relay(&self, conn: &Connection<'_, Self>, message: PreparedMessage, binary: bool, payload: &[u8]) {
+    fn relay(&self, conn: &mut Connection<'_, Peer>, message: PreparedMessage, binary: bool, payload: &[u8]) {
         self.counters.published.fetch_add(1, Ordering::Relaxed);
         let sender = conn.id();
-        conn.send_to(&message, move |c| c.id() != sender && c.data().role == Role::Client);
+        conn.send_where(move |c| c.id() != sender && c.data().role == Role::Client, &message);
         self.to_cluster(&Scope::Relay, binary, payload);
     }
 
@@ -93,7 +93,7 @@ impl Service {
     }
 
     /// Delivers a message that another node published, encoded once for this node.
-    pub fn deliver_from_cluster(&self, broadcaster: &ringcast::Broadcaster<Self>, inbound: crate::cluster::Inbound) {
+    pub fn deliver_from_cluster(&self, broadcaster: &ringcast::Broadcaster<Peer>, inbound: crate::cluster::Inbound) {
         let split = broadcaster.split();
         let message = if inbound.binary {
             PreparedMessage::binary(&inbound.body, split)
@@ -101,14 +101,14 @@ impl Service {
             PreparedMessage::text(&as_text(&inbound.body), split)
         };
         let role = match inbound.scope {
-            Scope::Topic(topic) => return broadcaster.publish_prepared(&topic, &message),
+            Scope::Topic(topic) => return broadcaster.send(Target::topic(&topic), &message),
             Scope::Broadcast => Role::Subscriber,
             Scope::Relay => Role::Client,
         };
-        broadcaster.send_prepared_to(&message, std::sync::Arc::new(move |c| c.data().role == role));
+        broadcaster.send_where(move |c| c.data().role == role, &message);
     }
 
-    fn pubsub(&self, conn: &mut Connection<'_, Self>, text: &str) {
+    fn pubsub(&self, conn: &mut Connection<'_, Peer>, text: &str) {
         let mut bytes = text.as_bytes().to_vec();
         let reply = match simd_json::to_borrowed_value(&mut bytes) {
             Err(e) => Err(format!("malformed JSON: {e}")),
@@ -139,7 +139,7 @@ impl Service {
                         let data = request.get("data").map_or_else(|| "null".to_owned(), |d| d.encode());
                         self.counters.published.fetch_add(1, Ordering::Relaxed);
                         let message = topic_message(topic, &data);
-                        conn.publish_text(topic, &message);
+                        conn.send_to(Target::topic(topic), &message);
                         self.to_cluster(&Scope::Topic(topic.to_owned()), false, message.as_bytes());
                         return;
                     }
@@ -154,10 +154,10 @@ impl Service {
             self.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
             format!("{{\"event\":\"error\",\"error\":{}}}", json_string(&error))
         });
-        let _ = conn.send_text(&reply);
+        let _ = conn.send(&reply);
     }
 
-    fn http_publish(&self, http: &HttpRequest<'_, Self>) -> HttpResponse {
+    fn http_publish(&self, http: &HttpRequest<'_, Peer>) -> HttpResponse {
         let head = http.head();
         match self.check_token(head) {
             TokenCheck::Ok => {}
@@ -178,7 +178,7 @@ impl Service {
         };
         match self.mode {
             Mode::Broadcast => {
-                broadcaster.send_prepared_to(&encode(), std::sync::Arc::new(|c| c.data().role == Role::Subscriber));
+                broadcaster.send_where(|c| c.data().role == Role::Subscriber, &encode());
                 self.to_cluster(&Scope::Broadcast, binary, body);
             }
             Mode::Pubsub => {
@@ -191,11 +191,11 @@ impl Service {
                     Err(_) => json_string(&String::from_utf8_lossy(body)),
                 };
                 let message = topic_message(topic, &data);
-                broadcaster.publish_text(topic, &message);
+                broadcaster.send(Target::topic(topic), &message);
                 self.to_cluster(&Scope::Topic(topic.to_owned()), false, message.as_bytes());
             }
             Mode::Relay | Mode::Echo => {
-                broadcaster.send_prepared_to(&encode(), std::sync::Arc::new(|c| c.data().role == Role::Client));
+                broadcaster.send_where(|c| c.data().role == Role::Client, &encode());
                 if self.mode == Mode::Relay {
                     self.to_cluster(&Scope::Relay, binary, body);
                 }
@@ -243,7 +243,7 @@ impl Handler for Service {
         if path == self.path { Allow::Yes } else { Allow::Status(404) }
     }
 
-    fn on_handshake_response_sent(&self, conn: &mut Connection<'_, Self>) {
+    fn on_handshake_response_sent(&self, conn: &mut Connection<'_, Peer>) {
         let path = conn.request().map(|r| r.path().to_owned()).unwrap_or_default();
         conn.data_mut().role = if self.is_status_feed(&path) {
             Role::StatusFeed
@@ -254,7 +254,7 @@ impl Handler for Service {
         };
     }
 
-    fn on_text(&self, conn: &mut Connection<'_, Self>, text: &str) {
+    fn on_text(&self, conn: &mut Connection<'_, Peer>, text: &str) {
         match (self.mode, conn.data().role) {
             (_, Role::StatusFeed) => {}
             (Mode::Broadcast, Role::Publisher) => {
@@ -266,12 +266,12 @@ impl Handler for Service {
             }
             (Mode::Pubsub, _) => self.pubsub(conn, text),
             (Mode::Echo, _) => {
-                let _ = conn.send_text(text);
+                let _ = conn.send(text);
             }
         }
     }
 
-    fn on_binary(&self, conn: &mut Connection<'_, Self>, data: &[u8]) {
+    fn on_binary(&self, conn: &mut Connection<'_, Peer>, data: &[u8]) {
         match (self.mode, conn.data().role) {
             (_, Role::StatusFeed) => {}
             (Mode::Broadcast, Role::Publisher) => {
@@ -281,15 +281,15 @@ impl Handler for Service {
             (Mode::Relay, _) => self.relay(conn, PreparedMessage::binary(data, conn.broadcaster().split()), true, data),
             (Mode::Pubsub, _) => {
                 self.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
-                let _ = conn.send_text(r#"{"event":"error","error":"pubsub mode takes JSON text messages"}"#);
+                let _ = conn.send(r#"{"event":"error","error":"pubsub mode takes JSON text messages"}"#);
             }
             (Mode::Echo, _) => {
-                let _ = conn.send_binary(data);
+                let _ = conn.send(data);
             }
         }
     }
 
-    fn on_disconnect(&self, conn: &mut Connection<'_, Self>, _reason: &ringcast::DisconnectReason) {
+    fn on_disconnect(&self, conn: &mut Connection<'_, Peer>, _reason: &ringcast::DisconnectReason) {
         if let Some(cluster) = &self.cluster {
             for topic in conn.topics() {
                 cluster.topic_unsubscribed(topic);
@@ -297,7 +297,7 @@ impl Handler for Service {
         }
     }
 
-    fn on_http(&self, http: &HttpRequest<'_, Self>) -> Option<HttpResponse> {
+    fn on_http(&self, http: &HttpRequest<'_, Peer>) -> Option<HttpResponse> {
         let head = http.head();
         Some(match (head.method(), head.path()) {
             ("POST", path) if path == self.publish_path => self.http_publish(http),

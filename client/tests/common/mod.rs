@@ -158,10 +158,10 @@ impl Conn {
     }
 
     /// The next event from the client: `None` at the end of the connection.
-    pub async fn recv(&mut self) -> Option<Result<Incoming, ProtocolError>> {
+    pub async fn recv(&mut self) -> Option<Result<Incoming<'static>, ProtocolError>> {
         let step = async {
             loop {
-                match self.decoder.decode(&mut self.buf) {
+                match self.decoder.decode_buf(&mut self.buf) {
                     Ok(Some(incoming)) => return Some(Ok(incoming)),
                     Ok(None) => {}
                     Err(e) => return Some(Err(e)),
@@ -176,7 +176,7 @@ impl Conn {
     }
 
     /// The next event, which must be there.
-    pub async fn expect(&mut self) -> Incoming {
+    pub async fn expect(&mut self) -> Incoming<'static> {
         self.recv().await.expect("connection ended").expect("protocol error from the client")
     }
 
@@ -238,9 +238,9 @@ impl Conn {
         }
     }
 
-    async fn recv_unbounded(&mut self) -> Option<Result<Incoming, ProtocolError>> {
+    async fn recv_unbounded(&mut self) -> Option<Result<Incoming<'static>, ProtocolError>> {
         loop {
-            match self.decoder.decode(&mut self.buf) {
+            match self.decoder.decode_buf(&mut self.buf) {
                 Ok(Some(incoming)) => return Some(Ok(incoming)),
                 Ok(None) => {}
                 Err(e) => return Some(Err(e)),

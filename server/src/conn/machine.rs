@@ -579,6 +579,7 @@ impl<D> Conn<D> {
             self.phase = Phase::Done(reason);
             self.deadline = None;
             self.queue.clear();
+            self.decoder.reset();
         }
     }
 
@@ -622,11 +623,6 @@ impl<D> Conn<D> {
             self.finish(reason);
         }
         delivered
-    }
-
-    /// Bytes queued, for writers that take everything (TLS encrypts all of it at once).
-    pub(crate) fn unsent_len(&self) -> usize {
-        self.queue.unsent().map(OutFrame::len).sum()
     }
 
     // ------------------------------------------------------------------ time and failures
@@ -697,11 +693,6 @@ impl<D> Conn<D> {
             return Some(reason);
         }
         None
-    }
-
-    /// Whether a write is with the driver.
-    pub(crate) fn is_writing(&self) -> bool {
-        self.writing
     }
 }
 

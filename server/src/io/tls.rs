@@ -127,11 +127,6 @@ impl TlsState {
         Ok(())
     }
 
-    /// Whether the handshake is still running.
-    pub(crate) fn is_handshaking(&self) -> bool {
-        self.session.is_handshaking()
-    }
-
     /// Encrypts `plaintext` (the handshake must be complete); returns its length.
     pub(crate) fn encrypt<'a>(&mut self, plaintext: impl Iterator<Item = &'a [u8]>) -> std::io::Result<usize> {
         use std::io::Write;

@@ -75,7 +75,8 @@ impl Ring {
     /// thread — probing `DEFER_TASKRUN`, then `COOP_TASKRUN`, then no flags, and checks
     /// that multishot recv from a buffer ring works (Linux 6.0).
     pub(crate) fn new(config: &Config) -> io::Result<Ring> {
-        let attempts: [(&'static str, fn(&mut io_uring::Builder)); 3] = [
+        type Setup = fn(&mut io_uring::Builder);
+        let attempts: [(&'static str, Setup); 3] = [
             ("SINGLE_ISSUER|DEFER_TASKRUN", |b| {
                 b.setup_single_issuer().setup_defer_taskrun();
             }),
@@ -363,6 +364,10 @@ pub(crate) struct UringDriver<H: Handler> {
     ended: Vec<usize>,
     /// Ended TLS connections sending their last records, with when to give up.
     lingering: Vec<(Instant, usize)>,
+    /// Finished write records, kept for the next writes. Boxed: a connection's slot holds
+    /// its in-flight record by pointer, and moving one between the two must not move
+    /// the `msghdr` the kernel may still read.
+    #[expect(clippy::vec_box, reason = "records move between this pool and slots without moving their msghdr")]
     spare_writes: Vec<Box<WriteOp>>,
     plaintext: Vec<u8>,
 }
@@ -771,7 +776,8 @@ impl<H: Handler> UringDriver<H> {
             op.ciphertext = Bytes::from(std::mem::take(&mut tls.pending)).slice(tls.pending_sent..);
             tls.pending_sent = 0;
             op.prepare();
-            let entry = opcode::SendMsg::new(Fd(slot.io.fd.as_raw_fd()), &op.msg).flags(libc::MSG_NOSIGNAL as u32).build();
+            let entry =
+                opcode::SendMsg::new(Fd(slot.io.fd.as_raw_fd()), &op.msg).flags(libc::MSG_NOSIGNAL as u32).build();
             slot.io.write = Some(op);
             self.push(entry.user_data(user_data(Op::Send, key)));
             self.lingering.push((now + self.shard.config().close_timeout, key));

@@ -39,6 +39,8 @@ pub(crate) struct Slot<D, I> {
     scheduled: Option<Instant>,
     /// The queued bytes counted in the shard's gauge for this connection.
     accounted: usize,
+    /// The incomplete-input bytes counted in the shard's gauge for this connection.
+    buffered: usize,
 }
 
 /// What a shard is given to start (built on the caller's thread; the shard itself is
@@ -108,10 +110,6 @@ impl<H: Handler, I> Shard<H, I> {
         &self.view.config
     }
 
-    pub(crate) fn stats(&self) -> &ShardStats {
-        &self.view.stats
-    }
-
     pub(crate) fn mailbox(&self) -> &Mailbox<H::Data> {
         &self.mailbox
     }
@@ -154,7 +152,7 @@ impl<H: Handler, I> Shard<H, I> {
         let key = entry.key();
         let id = ConnectionId::new(self.index, key, self.sequence);
         let conn = Conn::new(id, peer, H::Data::default(), &self.view.config, now);
-        entry.insert(Slot { conn, io, scheduled: None, accounted: 0 });
+        entry.insert(Slot { conn, io, scheduled: None, accounted: 0, buffered: 0 });
         self.view.stats.connections.add(1);
         self.handler.on_connect(id, peer);
         self.settle(key);
@@ -218,7 +216,10 @@ impl<H: Handler, I> Shard<H, I> {
                 stats.handshakes_refused.add(1);
                 tracing::debug!(shard = self.index, status, "handshake refused");
             }
-            Event::HttpRefused(_) => stats.http_requests.add(1),
+            Event::HttpRefused(status) => {
+                stats.http_requests.add(1);
+                tracing::debug!(shard = self.index, status, "HTTP request refused");
+            }
             Event::ProtocolError(error) => {
                 stats.protocol_errors.add(1);
                 tracing::debug!(shard = self.index, %error, "protocol error");
@@ -403,6 +404,12 @@ impl<H: Handler, I> Shard<H, I> {
             stats.queued_bytes.sub((slot.accounted - queued) as u64);
         }
         slot.accounted = queued;
+        let buffered = slot.conn.buffered_input();
+        if buffered != slot.buffered {
+            stats.buffered_input.add(buffered as u64);
+            stats.buffered_input.sub(slot.buffered as u64);
+            slot.buffered = buffered;
+        }
         if let Some(at) = slot.conn.poll_timeout(&self.view.config)
             && slot.scheduled.is_none_or(|scheduled| at < scheduled)
         {
