@@ -108,15 +108,22 @@ impl Sender {
         self.command(Command::Close(frame)).await
     }
 
-    /// Ends the connection once the messages queued before this call are written. With
-    /// `send_close` (the usual choice) the server is sent a close frame with code 1000 and
-    /// its answer is awaited (at most [`ClientConfig::close_timeout`](crate::ClientConfig::close_timeout));
-    /// without, the TCP connection just ends and the server sees no close frame (1006).
+    /// Ends the connection with a closing handshake once the messages queued before
+    /// this call are written: the server is sent a close frame with code 1000 and its
+    /// answer is awaited (at most
+    /// [`ClientConfig::close_timeout`](crate::ClientConfig::close_timeout)).
     ///
     /// Returns once the request is queued; [`Sender::closed`] waits for the end. Does
     /// nothing on a connection that is already closed.
-    pub async fn disconnect(&self, send_close: bool) {
-        let _ = self.tx.send(Command::Disconnect { send_close }).await;
+    pub async fn disconnect(&self) {
+        let _ = self.tx.send(Command::Disconnect { send_close: true }).await;
+    }
+
+    /// Ends the connection without a closing handshake once the messages queued before
+    /// this call are written: the TCP connection just ends and the server sees no close
+    /// frame (1006).
+    pub async fn abort(&self) {
+        let _ = self.tx.send(Command::Disconnect { send_close: false }).await;
     }
 
     /// Waits until the connection has ended and its socket is closed.
@@ -254,7 +261,7 @@ struct Driver<S> {
     failed: bool,
     /// The close frame that reports the protocol error, until it is queued.
     fail_frame: Option<Bytes>,
-    /// `disconnect(false)`: write what is queued, then drop the socket.
+    /// `abort()`: write what is queued, then drop the socket.
     abort: bool,
     read_eof: bool,
     /// The last item (close or error) has been handed to the receiver.

@@ -99,7 +99,7 @@ pub enum DisconnectReason {
     ConnectFailed(Error),
     /// The closing handshake completed, started by either side: the server's close frame.
     Closed(Option<CloseFrame>),
-    /// The client ended the connection without a close frame (`disconnect(false)`), or
+    /// The client ended the connection without a close frame (`abort()`), or
     /// cancelled it before it was open.
     Aborted,
     /// The connection failed: lost without a closing handshake, a protocol error, a
@@ -160,7 +160,7 @@ pub struct ClientHandle<H> {
 /// # async fn run() {
 /// let handle = ringcast_client::spawn(ClientConfig::new("localhost", 5050), Printer);
 /// // ... later:
-/// handle.disconnect(true);
+/// handle.disconnect();
 /// let (_printer, reason) = handle.join().await.unwrap();
 /// # }
 /// ```
@@ -196,7 +196,11 @@ async fn run<H: EventHandler>(
             item = receiver.next() => item,
             Ok(send_close) = async { disconnect.wait_for(Option::is_some).await.map(|asked| *asked) }, if !asked => {
                 asked = true;
-                sender.disconnect(send_close.unwrap_or(true)).await;
+                if send_close.unwrap_or(true) {
+                    sender.disconnect().await;
+                } else {
+                    sender.abort().await;
+                }
                 continue;
             }
         };
@@ -245,10 +249,20 @@ impl<H> ClientHandle<H> {
         }
     }
 
-    /// Ends the connection, with a close frame (code 1000) or abruptly (see
-    /// [`Sender::disconnect`]); while still connecting, gives up connecting
-    /// ([`DisconnectReason::Aborted`]). Returns at once; [`ClientHandle::join`] waits.
-    pub fn disconnect(&self, send_close: bool) {
+    /// Ends the connection with a close frame (code 1000, see [`Sender::disconnect`]);
+    /// while still connecting, gives up connecting ([`DisconnectReason::Aborted`]).
+    /// Returns at once; [`ClientHandle::join`] waits.
+    pub fn disconnect(&self) {
+        self.end(true);
+    }
+
+    /// Ends the connection without a close frame (see [`Sender::abort`]); while still
+    /// connecting, gives up connecting. Returns at once; [`ClientHandle::join`] waits.
+    pub fn abort(&self) {
+        self.end(false);
+    }
+
+    fn end(&self, send_close: bool) {
         self.disconnect.send_if_modified(|asked| {
             if asked.is_none() {
                 *asked = Some(send_close);

@@ -11,8 +11,8 @@
 //!   (SIMD masking from `ringcast-codec`), pings are answered, fragments reassembled, text
 //!   validated as UTF-8 (across fragments, failing fast), close frames answered, and a
 //!   misbehaving server gets the right close code (1002, 1007, 1009).
-//! - Disconnect with or without a close frame: [`Sender::disconnect`]`(true)` sends code
-//!   1000 and waits (bounded) for the answer; `disconnect(false)` just ends the TCP
+//! - Disconnect with or without a close frame: [`Sender::disconnect`] sends code
+//!   1000 and waits (bounded) for the answer; [`Sender::abort`] just ends the TCP
 //!   connection.
 //! - Clear errors, never a hang: every step is bounded by a timeout, and each failure is
 //!   its own [`Error`] variant — [`Error::ConnectionRefused`], [`Error::Dns`],
@@ -50,7 +50,7 @@
 //! #         }
 //! #         let mut decoder = Decoder::new(DecoderConfig::new(Role::Server));
 //! #         loop {
-//! #             while let Some(incoming) = decoder.decode(&mut buf).unwrap() {
+//! #             while let Some(incoming) = decoder.decode_buf(&mut buf).unwrap() {
 //! #                 let reply = match incoming {
 //! #                     Incoming::Text(text) => PreparedMessage::text(&text, Split::Whole),
 //! #                     Incoming::Close(_) => PreparedMessage::close(CloseCode::Normal, ""),
@@ -80,7 +80,7 @@
 //! assert_eq!(receiver.next().await.transpose()?, Some(Message::text("hello")));
 //!
 //! // Close with code 1000; the stream ends with the server's answer.
-//! sender.disconnect(true).await;
+//! sender.disconnect().await;
 //! let Some(Ok(Message::Close(Some(frame)))) = receiver.next().await else { panic!("no close") };
 //! assert_eq!(frame.code, CloseCode::Normal);
 //! assert!(receiver.next().await.is_none());

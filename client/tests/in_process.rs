@@ -226,7 +226,7 @@ async fn disconnect_with_close_sends_1000_and_waits_for_the_answer() {
     let (sender, mut receiver) = ringcast_client::connect(&config(server.port)).await.unwrap();
     let mut conn = server.accept().await;
     sender.send_text("before").await.unwrap();
-    sender.disconnect(true).await;
+    sender.disconnect().await;
     assert_eq!(conn.expect().await, Incoming::Text("before".into()));
     assert_eq!(conn.expect_close().await.map(|f| f.code), Some(CloseCode::Normal));
     assert!(!sender.is_closed(), "the client waits for the server's answer");
@@ -247,7 +247,7 @@ async fn disconnect_without_close_just_ends_the_connection() {
     let (sender, mut receiver) = ringcast_client::connect(&config(server.port)).await.unwrap();
     let mut conn = server.accept().await;
     sender.send_text("queued first").await.unwrap();
-    sender.disconnect(false).await;
+    sender.abort().await;
     assert_eq!(conn.expect().await, Incoming::Text("queued first".into()));
     conn.expect_abrupt_end().await;
     assert!(next(&mut receiver).await.is_none(), "nothing to report: the client asked for it");
@@ -411,7 +411,7 @@ async fn the_handle_disconnects_with_or_without_close() {
         let mut handle = ringcast_client::spawn(config(server.port), Recorder { events: events.clone(), sender: None });
         let mut conn = server.accept().await;
         assert!(within(WAIT, handle.connected()).await.0.is_some());
-        handle.disconnect(send_close);
+        if send_close { handle.disconnect() } else { handle.abort() }
         assert_eq!(conn.expect().await, Incoming::Text("hello from on_connect".into()));
         if send_close {
             assert_eq!(conn.expect_close().await.map(|f| f.code), Some(CloseCode::Normal));
@@ -449,7 +449,7 @@ async fn disconnecting_while_connecting_gives_up() {
     let events = Arc::new(Mutex::new(Vec::new()));
     let handle = ringcast_client::spawn(config(port), Recorder { events: events.clone(), sender: None });
     tokio::time::sleep(Duration::from_millis(100)).await;
-    handle.disconnect(true);
+    handle.disconnect();
     let ((_, reason), took) = within(WAIT, async { handle.join().await.unwrap() }).await;
     assert!(matches!(reason, DisconnectReason::Aborted), "{reason:?}");
     assert!(took < Duration::from_secs(1));

@@ -88,7 +88,7 @@ fn conversation(kind: PeerKind, tls: bool) {
     assert_eq!(next_message(&rt, &mut receiver), Message::text("fragmented €"));
 
     // Disconnect with a close frame: the server sees 1000.
-    rt.block_on(sender.disconnect(true));
+    rt.block_on(sender.disconnect());
     assert_eq!(peer.expect_close(&id).0, 1000);
     assert!(matches!(
         next_message(&rt, &mut receiver),
@@ -103,7 +103,7 @@ fn conversation(kind: PeerKind, tls: bool) {
     rt.block_on(sender.send_text("bye")).unwrap();
     assert_eq!(peer.expect_text(&id), "bye");
     assert_eq!(next_message(&rt, &mut receiver), Message::text("bye"));
-    rt.block_on(sender.disconnect(false));
+    rt.block_on(sender.abort());
     assert_eq!(peer.expect_close(&id).0, 1006);
     assert!(next(&rt, &mut receiver).is_none());
 

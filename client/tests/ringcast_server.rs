@@ -83,7 +83,7 @@ async fn echo_close_and_abrupt_end_plain_and_tls() {
         sender.send_binary(big.clone()).await.unwrap();
         assert_eq!(receiver.next().await.unwrap().unwrap(), Message::Binary(big.into()));
         // With a close frame: the server sees 1000.
-        sender.disconnect(true).await;
+        sender.disconnect().await;
         let handler = server.handler();
         eventually("close 1000 at the server", || handler.closes.lock().unwrap().as_slice() == [Some(1000)]).await;
         eventually("disconnect", || {
@@ -92,7 +92,7 @@ async fn echo_close_and_abrupt_end_plain_and_tls() {
         .await;
         // Without: the TCP connection just ends.
         let (sender, _receiver) = ringcast_client::connect(&config(&server, tls)).await.unwrap();
-        sender.disconnect(false).await;
+        sender.abort().await;
         eventually("abrupt end at the server", || handler.disconnects.lock().unwrap().len() == 2).await;
         assert_eq!(handler.disconnects.lock().unwrap()[1], DisconnectReason::Eof, "tls: {}", tls.is_some());
         assert_eq!(handler.closes.lock().unwrap().len(), 1, "no second close frame");

@@ -18,7 +18,7 @@ async fn echo_once(config: &ClientConfig) {
     sender.send_binary(vec![5u8; 100_000]).await.unwrap();
     assert_eq!(next(&mut receiver).await, Message::text("over tls"));
     assert_eq!(next(&mut receiver).await, Message::binary(vec![5u8; 100_000]));
-    sender.disconnect(true).await;
+    sender.disconnect().await;
     assert!(matches!(next(&mut receiver).await, Message::Close(Some(f)) if f.code == CloseCode::Normal));
     within(WAIT, sender.closed()).await;
 }

@@ -20,7 +20,7 @@ pub struct Options {
     /// Accept any `Sec-WebSocket-Version`.
     pub skip_version_check: bool,
     /// Do not answer pings automatically; the handler may call
-    /// [`Connection::send_pong`](crate::Connection::send_pong) itself.
+    /// [`Connection::pong`](crate::Connection::pong) itself.
     pub manual_pong: bool,
     /// Do not answer a close frame automatically; the handler decides when to call
     /// [`Connection::close`](crate::Connection::close).
@@ -149,8 +149,8 @@ impl Config {
 /// struct Echo;
 /// impl Handler for Echo {
 ///     type Data = ();
-///     fn on_text(&self, conn: &mut Connection<'_, Self>, text: &str) {
-///         conn.send_text(text);
+///     fn on_text(&self, conn: &mut Connection<'_, ()>, text: &str) {
+///         let _ = conn.send(text);
 ///     }
 /// }
 /// let server = Server::builder().port(9001).path("/echo").workers(2).start(Echo)?;
