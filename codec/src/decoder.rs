@@ -160,11 +160,12 @@ impl Partial {
 pub struct Decoder {
     config: DecoderConfig,
     partial: Option<Box<Partial>>,
-    /// The error that failed the connection: every later call returns it again.
-    failed: Option<ProtocolError>,
+    /// The error that failed the connection: every later call returns it again. Boxed:
+    /// every idle connection holds a decoder, and almost none of them ever fail.
+    failed: Option<Box<ProtocolError>>,
     /// [`Decoder::decode_buf`]'s fail-fast progress over a frame waiting in the caller's
     /// buffer: only decides when to look again, never what counts as validated.
-    waiting_checked: usize,
+    waiting_checked: u32,
 }
 
 impl Decoder {
@@ -211,12 +212,12 @@ impl Decoder {
     /// every later call returns the same error.
     pub fn decode<'a>(&mut self, input: &mut &'a mut [u8]) -> Result<Option<Incoming<'a>>, ProtocolError> {
         if let Some(error) = &self.failed {
-            return Err(error.clone());
+            return Err((**error).clone());
         }
         self.waiting_checked = 0;
         let result = self.decode_inner(input);
         if let Err(error) = &result {
-            self.failed = Some(error.clone());
+            self.failed = Some(Box::new(error.clone()));
             self.partial = None;
         } else if self.partial.as_ref().is_some_and(|p| p.is_empty()) {
             // A message boundary: give the buffers back.
@@ -232,7 +233,7 @@ impl Decoder {
     /// belongs to a fragmented message being assembled, which is gathered as usual.
     pub fn decode_buf(&mut self, buf: &mut BytesMut) -> Result<Option<Incoming<'static>>, ProtocolError> {
         if let Some(error) = &self.failed {
-            return Err(error.clone());
+            return Err((**error).clone());
         }
         if self.wait_in_buffer(buf)? {
             return Ok(None);
@@ -308,15 +309,15 @@ impl Decoder {
             if let Some(mut utf8) = text
                 && header.mask.is_none()
                 && available > 0
-                && available >= 2 * decoder.waiting_checked
+                && available >= 2 * decoder.waiting_checked as usize
             {
-                decoder.waiting_checked = available;
+                decoder.waiting_checked = u32::try_from(available).unwrap_or(u32::MAX);
                 utf8.feed(&buf[header_len..header_len + available], false).map_err(|_| ProtocolError::InvalidUtf8)?;
             }
             Ok(())
         };
         if let Err(error) = check(self) {
-            self.failed = Some(error.clone());
+            self.failed = Some(Box::new(error.clone()));
             return Err(error);
         }
         Ok(true)

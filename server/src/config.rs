@@ -90,6 +90,8 @@ pub struct Config {
     pub(crate) keep_request: bool,
     pub(crate) recv_buffers: u16,
     pub(crate) recv_buffer_size: usize,
+    /// The origin of the connections' compact timestamps (milliseconds since it).
+    pub(crate) epoch: std::time::Instant,
 }
 
 impl Default for Config {
@@ -116,6 +118,7 @@ impl Default for Config {
             keep_request: false,
             recv_buffers: 256,
             recv_buffer_size: 32 << 10,
+            epoch: std::time::Instant::now(),
         }
     }
 }

@@ -196,7 +196,7 @@ impl<D> Connection<'_, D> {
     /// [`Target::Topic`] (from any shard) reach it. Returns `false` if it was already
     /// subscribed or is not open.
     pub fn subscribe(&mut self, topic: &str) -> bool {
-        if !self.conn.is_open() || self.conn.topics.iter().any(|t| &**t == topic) {
+        if !self.conn.is_open() || self.conn.topics.contains(topic) {
             return false;
         }
         let name = self.shard.topics.insert(topic, self.conn.id());
@@ -206,15 +206,16 @@ impl<D> Connection<'_, D> {
 
     /// Unsubscribes this connection from `topic`. Returns `false` if it was not subscribed.
     pub fn unsubscribe(&mut self, topic: &str) -> bool {
-        let Some(position) = self.conn.topics.iter().position(|t| &**t == topic) else { return false };
-        self.conn.topics.swap_remove(position);
+        if !self.conn.topics.remove(topic) {
+            return false;
+        }
         self.shard.topics.remove(topic, self.conn.id());
         true
     }
 
     /// The topics this connection is subscribed to.
     pub fn topics(&self) -> impl Iterator<Item = &str> {
-        self.conn.topics.iter().map(|t| &**t)
+        self.conn.topics.iter()
     }
 
     /// A handle for sending to any connection from anywhere, e.g. another thread.
@@ -251,6 +252,6 @@ impl<D> ConnectionRef<'_, D> {
 
     /// The topics the connection is subscribed to.
     pub fn topics(&self) -> impl Iterator<Item = &str> {
-        self.conn.topics.iter().map(|t| &**t)
+        self.conn.topics.iter()
     }
 }

@@ -22,22 +22,111 @@ use crate::event::{DisconnectReason, SendError};
 use crate::id::ConnectionId;
 
 /// Where a connection is in its life.
+
 #[derive(Debug)]
 enum Phase {
-    /// Reading the request head; `held` is what arrived of it in earlier inputs.
-    Head { held: Vec<u8> },
+    /// Reading the request head; what arrived of it in earlier inputs, if any.
+    Head(Option<Box<Vec<u8>>>),
     /// Reading the body of a plain HTTP request.
-    Body { request: Box<Request>, body: Vec<u8>, len: usize },
+    Body(Box<Body>),
     /// A request is with the shard for a decision (upgrade or HTTP answer).
     Deciding,
     /// Upgraded: messages flow.
     Open,
     /// Writing what is queued (a refusal, an HTTP answer, a close frame), then ending.
-    Draining(DisconnectReason),
+    Draining(Box<DisconnectReason>),
     /// Finished; the shard has not collected the reason yet.
-    Done(DisconnectReason),
+    Done(Box<DisconnectReason>),
     /// Finished and collected: nothing more happens.
     Ended,
+}
+
+/// A plain HTTP request whose body is arriving.
+#[derive(Debug)]
+pub(crate) struct Body {
+    request: Box<Request>,
+    body: Vec<u8>,
+    len: usize,
+}
+
+/// An instant as milliseconds since the server's epoch ([`Config::epoch`]): 8 bytes
+/// where an `Instant` takes 16, with [`Millis::NEVER`] for "no deadline" instead of the
+/// 16 bytes of an `Option<Instant>`. Every connection holds two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Millis(u64);
+
+impl Millis {
+    const NEVER: Millis = Millis(u64::MAX);
+
+    /// `at`, rounded up to the next millisecond so that a deadline never fires early.
+    fn at(at: Instant, config: &Config) -> Millis {
+        let nanos = at.saturating_duration_since(config.epoch).as_nanos();
+        Millis(u64::try_from(nanos.div_ceil(1_000_000)).unwrap_or(u64::MAX - 1).min(u64::MAX - 1))
+    }
+
+    fn instant(self, config: &Config) -> Option<Instant> {
+        (self != Self::NEVER).then(|| config.epoch + std::time::Duration::from_millis(self.0))
+    }
+}
+
+/// The address of a connection's peer in 16 bytes (a `SocketAddr` takes 32): IPv4
+/// inline, IPv6 boxed.
+#[derive(Debug, Clone)]
+enum PeerAddr {
+    V4([u8; 4], u16),
+    V6(Box<std::net::SocketAddrV6>),
+}
+
+impl From<SocketAddr> for PeerAddr {
+    fn from(addr: SocketAddr) -> Self {
+        match addr {
+            SocketAddr::V4(v4) => PeerAddr::V4(v4.ip().octets(), v4.port()),
+            SocketAddr::V6(v6) => PeerAddr::V6(Box::new(v6)),
+        }
+    }
+}
+
+impl PeerAddr {
+    fn get(&self) -> SocketAddr {
+        match self {
+            PeerAddr::V4(ip, port) => SocketAddr::from((*ip, *port)),
+            PeerAddr::V6(v6) => SocketAddr::V6(**v6),
+        }
+    }
+}
+
+/// The topics a connection subscribed to (the shard's index has the reverse map), with
+/// nothing allocated for a connection that has none.
+#[derive(Debug, Default)]
+pub(crate) struct Subscriptions(Option<Box<Vec<Rc<str>>>>);
+
+impl Subscriptions {
+    pub(crate) fn contains(&self, topic: &str) -> bool {
+        self.iter().any(|t| t == topic)
+    }
+
+    pub(crate) fn push(&mut self, topic: Rc<str>) {
+        self.0.get_or_insert_with(Box::default).push(topic);
+    }
+
+    /// Removes `topic`; `false` if it was not there.
+    pub(crate) fn remove(&mut self, topic: &str) -> bool {
+        let Some(topics) = self.0.as_mut() else { return false };
+        let Some(position) = topics.iter().position(|t| &**t == topic) else { return false };
+        topics.swap_remove(position);
+        if topics.is_empty() {
+            self.0 = None;
+        }
+        true
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().flat_map(|topics| topics.iter().map(|t| &**t))
+    }
+
+    pub(crate) fn take(&mut self) -> Vec<Rc<str>> {
+        self.0.take().map(|topics| *topics).unwrap_or_default()
+    }
 }
 
 /// What the shard must act on after feeding input: the upgrade and HTTP decisions belong
@@ -101,7 +190,7 @@ impl From<Refused> for SendError {
 /// deadlines and the application's data `D`.
 pub(crate) struct Conn<D> {
     id: ConnectionId,
-    peer: SocketAddr,
+    peer: PeerAddr,
     phase: Phase,
     decoder: Decoder,
     queue: SendQueue,
@@ -117,13 +206,14 @@ pub(crate) struct Conn<D> {
     /// The code of the peer's close frame, once received.
     peer_close: Option<CloseCode>,
     /// When the handshake, close reply, pong or drain must have finished.
-    deadline: Option<Instant>,
-    last_read: Instant,
+    deadline: Millis,
+    /// The deadline the shard's timer queue holds this connection at.
+    scheduled: Millis,
+    last_read: Millis,
     /// Set by whoever decides the connection must end, before it actually does.
-    end_reason: Option<DisconnectReason>,
+    end_reason: Option<Box<DisconnectReason>>,
     request: Option<Box<Request>>,
-    /// The topics this connection subscribed to (the shard's index has the reverse map).
-    pub(crate) topics: Vec<Rc<str>>,
+    pub(crate) topics: Subscriptions,
     /// The application's per-connection data.
     pub(crate) data: D,
 }
@@ -180,8 +270,8 @@ impl<D> Conn<D> {
     pub(crate) fn new(id: ConnectionId, peer: SocketAddr, data: D, config: &Config, now: Instant) -> Self {
         Conn {
             id,
-            peer,
-            phase: Phase::Head { held: Vec::new() },
+            peer: peer.into(),
+            phase: Phase::Head(None),
             decoder: Decoder::new(decoder_config(config)),
             queue: SendQueue::default(),
             writing: false,
@@ -191,11 +281,12 @@ impl<D> Conn<D> {
             close_received: false,
             ping_outstanding: false,
             peer_close: None,
-            deadline: Some(now + config.handshake_timeout),
-            last_read: now,
+            deadline: Millis::at(now + config.handshake_timeout, config),
+            scheduled: Millis::NEVER,
+            last_read: Millis::at(now, config),
             end_reason: None,
             request: None,
-            topics: Vec::new(),
+            topics: Subscriptions::default(),
             data,
         }
     }
@@ -207,7 +298,24 @@ impl<D> Conn<D> {
 
     /// The peer's address.
     pub(crate) fn peer(&self) -> SocketAddr {
-        self.peer
+        self.peer.get()
+    }
+
+    fn set_deadline(&mut self, at: Instant, config: &Config) {
+        self.deadline = Millis::at(at, config);
+    }
+
+    fn clear_deadline(&mut self) {
+        self.deadline = Millis::NEVER;
+    }
+
+    /// Records why the connection will end, unless a reason is recorded already.
+    fn record_end(&mut self, reason: DisconnectReason) {
+        self.end_reason.get_or_insert_with(|| Box::new(reason));
+    }
+
+    fn take_end(&mut self) -> Option<DisconnectReason> {
+        self.end_reason.take().map(|reason| *reason)
     }
 
     /// The upgrade request, while it is kept.
@@ -243,8 +351,8 @@ impl<D> Conn<D> {
     /// Heap bytes held for incomplete input (request heads, bodies, frames, messages).
     pub(crate) fn buffered_input(&self) -> usize {
         let phase = match &self.phase {
-            Phase::Head { held } => held.capacity(),
-            Phase::Body { body, .. } => body.capacity(),
+            Phase::Head(Some(held)) => held.capacity(),
+            Phase::Body(body) => body.body.capacity(),
             _ => 0,
         };
         phase + self.decoder.buffered_bytes()
@@ -264,17 +372,17 @@ impl<D> Conn<D> {
         if input.is_empty() {
             return None;
         }
-        self.last_read = now;
+        self.last_read = Millis::at(now, config);
         if self.ping_outstanding {
             // Any sign of life answers an idle ping.
             self.ping_outstanding = false;
             if !self.close_sent && !self.close_received {
-                self.deadline = None;
+                self.clear_deadline();
             }
         }
         match &self.phase {
-            Phase::Head { .. } => self.read_head(input, config, now),
-            Phase::Body { .. } => self.read_body(input),
+            Phase::Head(_) => self.read_head(input, config, now),
+            Phase::Body(_) => self.read_body(input),
             Phase::Open if !self.close_received => self.read_frames(input, config, now),
             // Input waits for the decision, which the shard makes before reading on.
             Phase::Deciding => None,
@@ -287,22 +395,24 @@ impl<D> Conn<D> {
     }
 
     fn read_head<'a>(&mut self, input: &mut &'a mut [u8], config: &Config, now: Instant) -> Option<Event<'a>> {
-        let Phase::Head { held } = &mut self.phase else { return None };
-        let Some(end) = head_end(held, input) else {
-            if held.len() + input.len() >= handshake::MAX_HEAD_LEN {
+        let Phase::Head(held) = &mut self.phase else { return None };
+        let held_len = held.as_ref().map_or(0, |h| h.len());
+        let Some(end) = head_end(held.as_deref().map_or(&[], |h| &h[..]), input) else {
+            if held_len + input.len() >= handshake::MAX_HEAD_LEN {
                 return Some(self.refuse_with(handshake::HandshakeError::HeadTooLarge.response(), 431, now, config));
             }
-            held.extend_from_slice(input);
+            held.get_or_insert_with(Box::default).extend_from_slice(input);
             *input = &mut [];
             return None;
         };
         let (head, rest) = std::mem::take(input).split_at_mut(end);
         *input = rest;
-        let parsed = if held.is_empty() {
-            Request::parse(head)
-        } else {
-            held.extend_from_slice(head);
-            Request::parse(held)
+        let parsed = match held {
+            None => Request::parse(head),
+            Some(held) => {
+                held.extend_from_slice(head);
+                Request::parse(held)
+            }
         };
         let request = match parsed {
             Ok(RequestParse::Complete { request, .. }) => Box::new(request),
@@ -326,7 +436,7 @@ impl<D> Conn<D> {
                 }
                 Ok(len) => len,
             };
-            self.phase = Phase::Body { request, body: Vec::new(), len };
+            self.phase = Phase::Body(Box::new(Body { request, body: Vec::new(), len }));
             return self.read_body(input);
         }
         if let Some(path) = &config.path
@@ -349,27 +459,25 @@ impl<D> Conn<D> {
     }
 
     fn read_body<'a>(&mut self, input: &mut &'a mut [u8]) -> Option<Event<'a>> {
-        let Phase::Body { body, len, .. } = &mut self.phase else { return None };
-        let missing = *len - body.len();
-        if body.is_empty() && input.len() >= missing {
+        let Phase::Body(state) = &mut self.phase else { return None };
+        let missing = state.len - state.body.len();
+        if state.body.is_empty() && input.len() >= missing {
+            // The whole body is in this input: hand it over without a copy.
             let (whole, rest) = std::mem::take(input).split_at_mut(missing);
             *input = rest;
-            let Phase::Body { request, .. } = std::mem::replace(&mut self.phase, Phase::Deciding) else {
-                return None;
-            };
+            let Phase::Body(state) = std::mem::replace(&mut self.phase, Phase::Deciding) else { return None };
             let body: &'a [u8] = whole;
-            return Some(Event::Http { request, body: Payload::Borrowed(body) });
+            return Some(Event::Http { request: state.request, body: Payload::Borrowed(body) });
         }
         let take = missing.min(input.len());
-        body.extend_from_slice(&input[..take]);
+        state.body.extend_from_slice(&input[..take]);
         let rest = std::mem::take(input);
         *input = &mut rest[take..];
-        if body.len() < *len {
+        if state.body.len() < state.len {
             return None;
         }
-        let Phase::Body { request, body, .. } = std::mem::replace(&mut self.phase, Phase::Deciding) else {
-            return None;
-        };
+        let Phase::Body(state) = std::mem::replace(&mut self.phase, Phase::Deciding) else { return None };
+        let Body { request, body, .. } = *state;
         Some(Event::Http { request, body: Payload::Owned(Bytes::from(body)) })
     }
 
@@ -390,7 +498,7 @@ impl<D> Conn<D> {
                 if self.close_sent {
                     // The reply to our close: the handshake is complete. A close the
                     // server started (stop, slow consumer) keeps its reason.
-                    let reason = self.end_reason.take().unwrap_or(DisconnectReason::Closed(code));
+                    let reason = self.take_end().unwrap_or(DisconnectReason::Closed(code));
                     self.finish(reason);
                 }
                 Some(Event::Message(Incoming::Close(frame)))
@@ -399,7 +507,7 @@ impl<D> Conn<D> {
             Err(error) => {
                 *input = &mut [];
                 let close = PreparedMessage::close(error.close_code(), &error.to_string()).into_bytes();
-                self.end_reason = Some(DisconnectReason::Protocol(error.clone()));
+                self.end_reason = Some(Box::new(DisconnectReason::Protocol(error.clone())));
                 self.push_close(close, now, config);
                 self.drain(DisconnectReason::Protocol(error.clone()), now, config);
                 Some(Event::ProtocolError(error))
@@ -416,7 +524,7 @@ impl<D> Conn<D> {
         self.queue.push(OutFrame::untimed(response.into()), Outbound::Control);
         self.phase = Phase::Open;
         self.opened = true;
-        self.deadline = None;
+        self.clear_deadline();
         self.request = Some(request);
     }
 
@@ -453,7 +561,7 @@ impl<D> Conn<D> {
             self.drain(DisconnectReason::Closed(code), now, config);
         } else {
             // Manual close: the handler has the close timeout to answer.
-            self.deadline = Some(now + config.close_timeout);
+            self.set_deadline(now + config.close_timeout, config);
         }
     }
 
@@ -480,7 +588,7 @@ impl<D> Conn<D> {
             return Err(Refused::Full(match config.slow_consumer {
                 SlowConsumerPolicy::DropNew => Overflow::Dropped,
                 SlowConsumerPolicy::Disconnect => {
-                    self.end_reason.get_or_insert(DisconnectReason::SlowConsumer);
+                    self.record_end(DisconnectReason::SlowConsumer);
                     let close = PreparedMessage::close(CloseCode::Policy, "send queue limit exceeded").into_bytes();
                     self.push_close(close, now, config);
                     Overflow::Disconnecting
@@ -529,9 +637,9 @@ impl<D> Conn<D> {
         now: Instant,
     ) {
         match self.phase {
-            Phase::Head { .. } | Phase::Body { .. } | Phase::Deciding => self.finish(reason),
+            Phase::Head(_) | Phase::Body(_) | Phase::Deciding => self.finish(reason),
             Phase::Open => {
-                self.end_reason.get_or_insert(reason);
+                self.record_end(reason);
                 if !self.close_sent {
                     self.push_close(PreparedMessage::close(code, text).into_bytes(), now, config);
                 }
@@ -546,7 +654,7 @@ impl<D> Conn<D> {
             return;
         }
         self.close_sent = true;
-        self.deadline = Some(now + config.close_timeout);
+        self.set_deadline(now + config.close_timeout, config);
         self.queue.push(OutFrame::single(frame, now), Outbound::Control);
     }
 
@@ -557,7 +665,7 @@ impl<D> Conn<D> {
 
     /// Ends the connection now with the reason already recorded, else `reason`.
     pub(crate) fn force_end(&mut self, reason: DisconnectReason) {
-        let reason = self.end_reason.take().unwrap_or(reason);
+        let reason = self.take_end().unwrap_or(reason);
         self.finish(reason);
     }
 
@@ -567,8 +675,8 @@ impl<D> Conn<D> {
             return;
         }
         if self.queue.has_unsent() || self.writing {
-            self.deadline = Some(now + config.close_timeout);
-            self.phase = Phase::Draining(reason);
+            self.set_deadline(now + config.close_timeout, config);
+            self.phase = Phase::Draining(Box::new(reason));
         } else {
             self.finish(reason);
         }
@@ -576,14 +684,35 @@ impl<D> Conn<D> {
 
     fn finish(&mut self, reason: DisconnectReason) {
         if !self.is_finished() {
-            self.phase = Phase::Done(reason);
-            self.deadline = None;
+            self.phase = Phase::Done(Box::new(reason));
+            self.clear_deadline();
             self.queue.clear();
             self.decoder.reset();
         }
     }
 
     // ------------------------------------------------------------------ output
+
+    /// For the shard's timer queue: whether the connection must be queued at `at`
+    /// because that is earlier than where it is queued (if anywhere), recording it.
+    pub(crate) fn schedule(&mut self, at: Instant, config: &Config) -> bool {
+        let at = Millis::at(at, config);
+        if at < self.scheduled {
+            self.scheduled = at;
+            return true;
+        }
+        false
+    }
+
+    /// For the shard's timer queue: an entry for `at` came due; `true` if it is the one
+    /// the connection is queued at (older entries are stale), which it no longer is.
+    pub(crate) fn take_scheduled(&mut self, at: Instant, config: &Config) -> bool {
+        if Millis::at(at, config) == self.scheduled {
+            self.scheduled = Millis::NEVER;
+            return true;
+        }
+        false
+    }
 
     /// Whether the shard should put the connection on its list of connections to write:
     /// true once per stretch of unsent frames.
@@ -619,7 +748,7 @@ impl<D> Conn<D> {
         if let Phase::Draining(reason) = &self.phase
             && !self.queue.has_unsent()
         {
-            let reason = reason.clone();
+            let reason = (**reason).clone();
             self.finish(reason);
         }
         delivered
@@ -629,11 +758,13 @@ impl<D> Conn<D> {
 
     /// The next instant [`Conn::handle_timeout`] must be called at.
     pub(crate) fn poll_timeout(&self, config: &Config) -> Option<Instant> {
-        if let Some(deadline) = self.deadline {
+        if let Some(deadline) = self.deadline.instant(config) {
             return Some(deadline);
         }
         match (config.idle_timeout, &self.phase) {
-            (Some(idle), Phase::Open) if !self.close_sent && !self.close_received => Some(self.last_read + idle),
+            (Some(idle), Phase::Open) if !self.close_sent && !self.close_received => {
+                self.last_read.instant(config).map(|last| last + idle)
+            }
             _ => None,
         }
     }
@@ -644,11 +775,11 @@ impl<D> Conn<D> {
         if self.is_finished() {
             return;
         }
-        if let Some(deadline) = self.deadline {
+        if let Some(deadline) = self.deadline.instant(config) {
             if now >= deadline {
                 let reason = match &self.phase {
-                    Phase::Draining(reason) => reason.clone(),
-                    _ => self.end_reason.take().unwrap_or(DisconnectReason::Timeout),
+                    Phase::Draining(reason) => (**reason).clone(),
+                    _ => self.take_end().unwrap_or(DisconnectReason::Timeout),
                 };
                 self.finish(reason);
             }
@@ -657,10 +788,10 @@ impl<D> Conn<D> {
         if let (Some(idle), Phase::Open) = (config.idle_timeout, &self.phase)
             && !self.close_sent
             && !self.close_received
-            && now >= self.last_read + idle
+            && self.last_read.instant(config).is_some_and(|last| now >= last + idle)
         {
             self.ping_outstanding = true;
-            self.deadline = Some(now + idle);
+            self.set_deadline(now + idle, config);
             let ping = PreparedMessage::ping(b"").map(PreparedMessage::into_bytes).unwrap_or_default();
             self.queue.push(OutFrame::single(ping, now), Outbound::Control);
         }
@@ -679,8 +810,8 @@ impl<D> Conn<D> {
     pub(crate) fn handle_io_error(&mut self, error: String) {
         self.writing = false;
         let reason = match &self.phase {
-            Phase::Draining(reason) => reason.clone(),
-            _ => self.end_reason.take().unwrap_or(DisconnectReason::Io(error)),
+            Phase::Draining(reason) => (**reason).clone(),
+            _ => self.take_end().unwrap_or(DisconnectReason::Io(error)),
         };
         self.finish(reason);
     }
@@ -690,7 +821,7 @@ impl<D> Conn<D> {
         if let Phase::Done(_) = self.phase
             && let Phase::Done(reason) = std::mem::replace(&mut self.phase, Phase::Ended)
         {
-            return Some(reason);
+            return Some(*reason);
         }
         None
     }

@@ -331,3 +331,16 @@ fn round_up_to_millis(timeout: Duration) -> Duration {
     let millis = timeout.as_nanos().div_ceil(1_000_000);
     Duration::from_millis(millis.min(u64::MAX as u128) as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every connection costs one slot: keep the plain, idle case small.
+    #[test]
+    fn a_connection_slot_stays_small() {
+        // mio adds a selector id to each source in debug builds.
+        let size = std::mem::size_of::<crate::shard::Slot<(), EpollIo>>();
+        assert!(size <= 256, "a slot is {size} bytes");
+    }
+}

@@ -852,6 +852,13 @@ const _: () = assert!(MAX_IOV <= 1024);
 mod tests {
     use super::*;
 
+    /// Every connection costs one slot: keep the plain, idle case small.
+    #[test]
+    fn a_connection_slot_stays_small() {
+        let size = std::mem::size_of::<crate::shard::Slot<(), UringIo>>();
+        assert!(size <= 240, "a slot is {size} bytes");
+    }
+
     #[test]
     fn user_data_round_trips() {
         for op in [Op::Accept, Op::Recv, Op::Send, Op::Wake] {

@@ -35,12 +35,10 @@ pub(crate) struct Slot<D, I> {
     pub(crate) conn: Conn<D>,
     /// The driver's per-connection state.
     pub(crate) io: I,
-    /// The deadline this connection is queued at in the timer queue.
-    scheduled: Option<Instant>,
     /// The queued bytes counted in the shard's gauge for this connection.
-    accounted: usize,
+    accounted: u32,
     /// The incomplete-input bytes counted in the shard's gauge for this connection.
-    buffered: usize,
+    buffered: u32,
 }
 
 /// What a shard is given to start (built on the caller's thread; the shard itself is
@@ -152,7 +150,7 @@ impl<H: Handler, I> Shard<H, I> {
         let key = entry.key();
         let id = ConnectionId::new(self.index, key, self.sequence);
         let conn = Conn::new(id, peer, H::Data::default(), &self.view.config, now);
-        entry.insert(Slot { conn, io, scheduled: None, accounted: 0, buffered: 0 });
+        entry.insert(Slot { conn, io, accounted: 0, buffered: 0 });
         self.view.stats.connections.add(1);
         self.handler.on_connect(id, peer);
         self.settle(key);
@@ -312,10 +310,9 @@ impl<H: Handler, I> Shard<H, I> {
         self.view.now = now;
         while let Some((at, key, id)) = self.timers.pop_due(now) {
             let Some(slot) = self.conns.get_mut(key) else { continue };
-            if slot.conn.id().as_u64() != id || slot.scheduled != Some(at) {
+            if slot.conn.id().as_u64() != id || !slot.conn.take_scheduled(at, &self.view.config) {
                 continue;
             }
-            slot.scheduled = None;
             slot.conn.handle_timeout(&self.view.config, now);
             self.settle(key);
         }
@@ -396,24 +393,12 @@ impl<H: Handler, I> Shard<H, I> {
         if slot.conn.needs_listing() {
             self.dirty.push(key);
         }
-        let queued = slot.conn.queued_bytes();
         let stats = &self.view.stats;
-        if queued >= slot.accounted {
-            stats.queued_bytes.add((queued - slot.accounted) as u64);
-        } else {
-            stats.queued_bytes.sub((slot.accounted - queued) as u64);
-        }
-        slot.accounted = queued;
-        let buffered = slot.conn.buffered_input();
-        if buffered != slot.buffered {
-            stats.buffered_input.add(buffered as u64);
-            stats.buffered_input.sub(slot.buffered as u64);
-            slot.buffered = buffered;
-        }
+        slot.accounted = track(&stats.queued_bytes, slot.accounted, slot.conn.queued_bytes());
+        slot.buffered = track(&stats.buffered_input, slot.buffered, slot.conn.buffered_input());
         if let Some(at) = slot.conn.poll_timeout(&self.view.config)
-            && slot.scheduled.is_none_or(|scheduled| at < scheduled)
+            && slot.conn.schedule(at, &self.view.config)
         {
-            slot.scheduled = Some(at);
             self.timers.push(at, key, slot.conn.id().as_u64());
         }
         if let Some(reason) = slot.conn.poll_end() {
@@ -438,10 +423,9 @@ impl<H: Handler, I> Shard<H, I> {
         // The handler still sees the connection's topics; the index forgets them after.
         self.dispatch(key, |handler, conn| handler.on_disconnect(conn, &reason));
         if let Some(slot) = self.conns.get_mut(key) {
-            for topic in std::mem::take(&mut slot.conn.topics) {
+            for topic in slot.conn.topics.take() {
                 self.view.topics.remove(&topic, id);
             }
-            slot.scheduled = None;
         }
         self.ended.push(key);
     }
@@ -566,25 +550,20 @@ impl FanOut<'_> {
             return;
         }
         let frame = OutFrame::new(self.outgoing.clone());
-        let len = frame.len();
         match slot.conn.send_data(frame, Outbound::Message, self.config, self.now) {
             Ok(()) => {
                 self.stats.messages_out.add(1);
-                self.stats.queued_bytes.add(len as u64);
-                slot.accounted += len;
+                slot.accounted = track(&self.stats.queued_bytes, slot.accounted, slot.conn.queued_bytes());
             }
             Err(Refused::Full(Overflow::Dropped)) => self.stats.dropped_messages.add(1),
             Err(Refused::Full(Overflow::Disconnecting)) => {
                 self.stats.slow_consumer_disconnects.add(1);
                 tracing::debug!(shard = self.shard, id = %slot.conn.id(), "slow consumer disconnected");
                 // The close frame and its deadline.
-                let queued = slot.conn.queued_bytes();
-                self.stats.queued_bytes.add((queued - slot.accounted) as u64);
-                slot.accounted = queued;
+                slot.accounted = track(&self.stats.queued_bytes, slot.accounted, slot.conn.queued_bytes());
                 if let Some(at) = slot.conn.poll_timeout(self.config)
-                    && slot.scheduled.is_none_or(|scheduled| at < scheduled)
+                    && slot.conn.schedule(at, self.config)
                 {
-                    slot.scheduled = Some(at);
                     self.timers.push(at, key, slot.conn.id().as_u64());
                 }
             }
@@ -594,4 +573,17 @@ impl FanOut<'_> {
             self.dirty.push(key);
         }
     }
+}
+
+/// Moves a shard gauge from this connection's last contribution to its current one;
+/// returns the new contribution (kept in 4 bytes: a gauge is a statistic, and one
+/// connection holding more than 4 GiB saturates it rather than wraps).
+fn track(gauge: &crate::stats::Counter, counted: u32, now: usize) -> u32 {
+    let now = u32::try_from(now).unwrap_or(u32::MAX);
+    if now >= counted {
+        gauge.add(u64::from(now - counted));
+    } else {
+        gauge.sub(u64::from(counted - now));
+    }
+    now
 }
