@@ -14,7 +14,7 @@ cd "$(dirname "$0")"
 
 seconds=${FUZZ_SECONDS:-600}
 sanitizer=${FUZZ_SANITIZER:-address}
-all_targets=(frame_parser message_assembler handshake_parser)
+all_targets=(frame_parser message_assembler handshake_parser utf8_soundness connection_machine)
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=("${all_targets[@]}")
 export RUSTC_BOOTSTRAP=1

@@ -411,7 +411,11 @@ async fn the_handle_disconnects_with_or_without_close() {
         let mut handle = ringcast_client::spawn(config(server.port), Recorder { events: events.clone(), sender: None });
         let mut conn = server.accept().await;
         assert!(within(WAIT, handle.connected()).await.0.is_some());
-        if send_close { handle.disconnect() } else { handle.abort() }
+        if send_close {
+            handle.disconnect()
+        } else {
+            handle.abort()
+        }
         assert_eq!(conn.expect().await, Incoming::Text("hello from on_connect".into()));
         if send_close {
             assert_eq!(conn.expect_close().await.map(|f| f.code), Some(CloseCode::Normal));

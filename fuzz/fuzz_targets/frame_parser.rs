@@ -3,14 +3,16 @@
 //!
 //! Checks: the parser never panics and agrees with a naive reading of the header bytes;
 //! every prefix of a complete header is `Incomplete`; the canonical re-encoding parses
-//! back to the same header; chunked and whole decoding give identical events, errors and
-//! leftovers; every fragment's payload equals a byte-at-a-time unmasking of the wire.
+//! back to the same header; chunked and whole decoding, from fresh slices (the server's
+//! receive buffers) and through one growing buffer (`decode_buf`, the client's), give
+//! identical events and errors; every fragment's payload equals a byte-at-a-time
+//! unmasking of the wire; what is pending at the end is exactly the undecoded tail.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use ringcast_codec::frame::MAX_HEADER_LEN;
 use ringcast_codec::{Assembly, FrameHeader, FrameRules, HeaderParse, Incoming, OpCode};
-use ringcast_codec_fuzz::{DecoderInput, check_event, decode_all, reference_frame};
+use ringcast_codec_fuzz::{DecoderInput, check_event, decode_all, decode_buffered, reference_frame};
 
 fuzz_target!(|data: &[u8]| {
     let input = DecoderInput::parse(data);
@@ -29,6 +31,8 @@ fuzz_target!(|data: &[u8]| {
     let whole = decode_all(config, input.wire, &[]);
     let chunked = decode_all(config, input.wire, &input.chunks);
     assert_eq!(whole, chunked, "chunking {:?} changed the outcome", input.chunks);
+    let buffered = decode_buffered(config, input.wire, &input.chunks, |_| {});
+    assert_eq!(whole, buffered, "decode_buf disagrees with decode");
 
     // Every event is one accepted frame of the wire, in order.
     let mut at = 0;
@@ -41,7 +45,7 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!((opcode.as_u8(), *fin), (frame.opcode, frame.fin));
                 assert_eq!(payload[..], frame.payload[..], "payload differs from the reference unmasking");
                 match opcode {
-                    OpCode::Continuation => message.as_mut().expect("continuation outside a message").1.extend(payload),
+                    OpCode::Continuation => message.as_mut().expect("continuation outside a message").1.extend_from_slice(payload),
                     OpCode::Text | OpCode::Binary => {
                         assert!(message.is_none(), "new message while one is unfinished");
                         message = Some((*opcode == OpCode::Text, payload.to_vec()));
@@ -68,22 +72,18 @@ fuzz_target!(|data: &[u8]| {
             Incoming::Text(_) | Incoming::Binary(_) => panic!("whole message in frame mode: {event:?}"),
         }
     }
-    if let Some(leftover) = &whole.leftover {
-        // What is left is the start of one frame: its header as sent, then whatever
-        // payload arrived, already unmasked in place.
-        let rest = &input.wire[at..];
-        assert_eq!(leftover.len(), rest.len());
-        match FrameHeader::parse(rest, &rules) {
-            Ok(HeaderParse::Complete { header, header_len }) => {
-                assert!((rest.len() - header_len) < header.payload_len as usize, "a whole frame was left undecoded");
-                assert_eq!(leftover[..header_len], rest[..header_len]);
-                let key = header.mask.unwrap_or([0; 4]);
-                for (i, (&got, &sent)) in leftover[header_len..].iter().zip(&rest[header_len..]).enumerate() {
-                    assert_eq!(got, sent ^ key[i % 4], "partial payload byte {i} not unmasked correctly");
+    if let Some(pending) = whole.pending {
+        assert_eq!(pending, at < input.wire.len(), "pending state disagrees with the undecoded tail");
+        if at < input.wire.len() {
+            // The tail is the start of one frame (or of its header), never a whole one.
+            match FrameHeader::parse(&input.wire[at..], &rules) {
+                Ok(HeaderParse::Complete { header, header_len }) => {
+                    let rest = input.wire.len() - at - header_len;
+                    assert!((rest as u64) < header.payload_len, "a whole frame was left undecoded");
                 }
+                Ok(HeaderParse::Incomplete { .. }) => {}
+                Err(e) => panic!("the tail starts with a frame the decoder should have refused: {e}"),
             }
-            Ok(HeaderParse::Incomplete { .. }) => assert_eq!(leftover[..], rest[..]),
-            Err(e) => panic!("leftover starts with a frame the decoder should have refused: {e}"),
         }
     }
 });

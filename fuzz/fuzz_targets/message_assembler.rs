@@ -1,16 +1,17 @@
-//! The decoder in `Assembly::Messages` mode (so `MessageAssembler` joins fragments), both
-//! roles, small size limits, arbitrary chunking.
+//! The decoder in `Assembly::Messages` mode (joining fragments), both roles, small size
+//! limits, arbitrary chunking.
 //!
 //! Checks: no panics; Text events are valid UTF-8; control payloads are at most 125
 //! bytes; close frames carry allowed codes and UTF-8 reasons; messages respect the
-//! limit; chunked and whole decoding agree; and the result equals the frame-mode decoder's
-//! fragments joined by a naive assembler (same messages, same error).
+//! limit; chunked, whole and buffered (`decode_buf`) decoding agree; and the result
+//! equals the frame-mode decoder's fragments joined by a naive assembler (same
+//! messages, same error).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use ringcast_codec::bytes::Bytes;
-use ringcast_codec::{Assembly, Incoming, OpCode, Utf8Bytes};
-use ringcast_codec_fuzz::{DecoderInput, check_event, decode_all};
+use ringcast_codec::{Assembly, Incoming, OpCode, Payload, Text, Utf8Bytes};
+use ringcast_codec_fuzz::{DecoderInput, check_event, decode_all, decode_buffered};
 
 fuzz_target!(|data: &[u8]| {
     let input = DecoderInput::parse(data);
@@ -18,6 +19,7 @@ fuzz_target!(|data: &[u8]| {
     let whole = decode_all(config, input.wire, &[]);
     let chunked = decode_all(config, input.wire, &input.chunks);
     assert_eq!(whole, chunked, "chunking {:?} changed the outcome", input.chunks);
+    assert_eq!(decode_buffered(config, input.wire, &input.chunks, |_| {}), whole, "decode_buf disagrees");
     for event in &whole.events {
         check_event(event, &config);
         assert!(!matches!(event, Incoming::Fragment { .. }), "fragment in message mode: {event:?}");
@@ -26,12 +28,11 @@ fuzz_target!(|data: &[u8]| {
     let frames = decode_all(config.assembly(Assembly::Frames), input.wire, &input.chunks);
     assert_eq!(join(&frames.events), whole.events, "message mode and joined frames differ");
     assert_eq!(frames.error, whole.error, "message mode and frame mode fail differently");
-    assert_eq!(frames.leftover, whole.leftover);
-    assert_eq!(frames.needed, whole.needed);
+    assert_eq!(frames.pending, whole.pending);
 });
 
 /// A naive assembler over frame-mode events.
-fn join(events: &[Incoming]) -> Vec<Incoming> {
+fn join(events: &[Incoming<'static>]) -> Vec<Incoming<'static>> {
     let mut out = Vec::new();
     let mut message: Option<(OpCode, Vec<u8>)> = None;
     for event in events {
@@ -40,16 +41,16 @@ fn join(events: &[Incoming]) -> Vec<Incoming> {
             continue;
         };
         match opcode {
-            OpCode::Continuation => message.as_mut().expect("continuation outside a message").1.extend(payload),
+            OpCode::Continuation => message.as_mut().expect("continuation outside a message").1.extend_from_slice(payload),
             op => message = Some((*op, payload.to_vec())),
         }
         if *fin {
             let (opcode, data) = message.take().expect("message in progress");
             out.push(match opcode {
-                OpCode::Text => Incoming::Text(
+                OpCode::Text => Incoming::Text(Text::Owned(
                     Utf8Bytes::try_from_bytes(Bytes::from(data)).expect("frame mode passed invalid UTF-8"),
-                ),
-                _ => Incoming::Binary(Bytes::from(data)),
+                )),
+                _ => Incoming::Binary(Payload::Owned(Bytes::from(data))),
             });
         }
     }

@@ -109,45 +109,84 @@ fn u8_or_zero(u: &mut Unstructured<'_>) -> u8 {
 /// What a decoder made of a whole input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Run {
-    /// Events in order.
-    pub events: Vec<Incoming>,
+    /// Events in order (made owned).
+    pub events: Vec<Incoming<'static>>,
     /// The error that stopped decoding, if any.
     pub error: Option<ProtocolError>,
-    /// Bytes left in the buffer after the last `Ok(None)` (unset after an error).
-    pub leftover: Option<BytesMut>,
-    /// `Decoder::needed` after the last `Ok(None)` (unset after an error).
-    pub needed: Option<usize>,
+    /// Whether, after the last read, part of a frame or message was still pending
+    /// (unset after an error).
+    pub pending: Option<bool>,
 }
 
-/// Feeds `wire` to a fresh decoder, in reads of the given sizes (cycled; all at once
-/// when `chunks` is empty), draining events after every read.
+fn chunk_len(chunks: &[usize], read: usize, left: usize) -> usize {
+    if chunks.is_empty() { left } else { chunks[read % chunks.len()].min(left) }
+}
+
+/// Feeds `wire` to a fresh decoder the way the server does: each read a fresh slice
+/// (as a receive buffer is), in reads of the given sizes (cycled; all at once when
+/// `chunks` is empty), draining events after every read.
 pub fn decode_all(config: DecoderConfig, wire: &[u8], chunks: &[usize]) -> Run {
+    let mut decoder = Decoder::new(config);
+    let mut events = Vec::new();
+    let mut at = 0;
+    let mut read = 0;
+    loop {
+        let n = chunk_len(chunks, read, wire.len() - at);
+        let mut piece = wire[at..at + n].to_vec();
+        at += n;
+        read += 1;
+        let mut input = &mut piece[..];
+        loop {
+            match decoder.decode(&mut input) {
+                Ok(Some(event)) => events.push(event.into_owned()),
+                Ok(None) => break,
+                Err(error) => return Run { events, error: Some(error), pending: None },
+            }
+        }
+        assert!(input.is_empty(), "Ok(None) with input left");
+        if at == wire.len() {
+            return Run { events, error: None, pending: Some(decoder.is_mid_message()) };
+        }
+    }
+}
+
+/// The same through [`Decoder::decode_buf`], appending each read to one `BytesMut` as a
+/// client does. `scribble` may overwrite bytes still in the buffer between calls (a
+/// caller that owns the buffer can): a decoder must never trust earlier checks of them.
+pub fn decode_buffered(
+    config: DecoderConfig,
+    wire: &[u8],
+    chunks: &[usize],
+    mut scribble: impl FnMut(&mut BytesMut),
+) -> Run {
     let mut decoder = Decoder::new(config);
     let mut buf = BytesMut::new();
     let mut events = Vec::new();
     let mut at = 0;
     let mut read = 0;
     loop {
-        let n = if chunks.is_empty() { wire.len() - at } else { chunks[read % chunks.len()].min(wire.len() - at) };
+        let n = chunk_len(chunks, read, wire.len() - at);
         buf.extend_from_slice(&wire[at..at + n]);
         at += n;
         read += 1;
         loop {
-            match decoder.decode(&mut buf) {
+            match decoder.decode_buf(&mut buf) {
                 Ok(Some(event)) => events.push(event),
                 Ok(None) => break,
-                Err(error) => return Run { events, error: Some(error), leftover: None, needed: None },
+                Err(error) => return Run { events, error: Some(error), pending: None },
             }
+            scribble(&mut buf);
         }
-        assert!(decoder.needed() >= 1, "Ok(None) with needed() == 0");
+        scribble(&mut buf);
         if at == wire.len() {
-            return Run { events, error: None, leftover: Some(buf), needed: Some(decoder.needed()) };
+            let pending = decoder.is_mid_message() || !buf.is_empty();
+            return Run { events, error: None, pending: Some(pending) };
         }
     }
 }
 
 /// Checks that hold for any event in any mode.
-pub fn check_event(event: &Incoming, config: &DecoderConfig) {
+pub fn check_event(event: &Incoming<'_>, config: &DecoderConfig) {
     match event {
         Incoming::Text(text) => {
             assert!(std::str::from_utf8(text.as_bytes()).is_ok(), "Text event is not UTF-8");

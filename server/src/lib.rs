@@ -56,6 +56,9 @@ mod api;
 mod config;
 mod conn;
 mod event;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod handler;
 mod id;
 mod io;

@@ -152,7 +152,9 @@ impl Harness {
                 Incoming::Fragment { opcode, payload, .. } => (opcode, payload.to_vec()),
                 Incoming::Ping(p) => (OpCode::Ping, p.to_vec()),
                 Incoming::Pong(p) => (OpCode::Pong, p.to_vec()),
-                Incoming::Close(frame) => (OpCode::Close, frame.map(|f| u16::from(f.code).to_be_bytes().to_vec()).unwrap_or_default()),
+                Incoming::Close(frame) => {
+                    (OpCode::Close, frame.map(|f| u16::from(f.code).to_be_bytes().to_vec()).unwrap_or_default())
+                }
                 other => panic!("{other:?}"),
             });
         }
@@ -279,7 +281,11 @@ fn fragments_and_control_frames_in_arbitrary_pieces() {
     for chunk in [1, 2, 5, 64, wire.len()] {
         let mut h = Harness::open(|b| b);
         let seen: Vec<Seen> = wire.chunks(chunk).flat_map(|piece| h.feed(piece)).collect();
-        assert_eq!(seen, vec![Seen::Ping(b"p".to_vec()), Seen::Text("κόσμε".into()), Seen::Binary(vec![9; 300])], "chunk {chunk}");
+        assert_eq!(
+            seen,
+            vec![Seen::Ping(b"p".to_vec()), Seen::Text("κόσμε".into()), Seen::Binary(vec![9; 300])],
+            "chunk {chunk}"
+        );
         h.flush();
         assert_eq!(h.server_frames(), vec![(OpCode::Pong, b"p".to_vec())], "the automatic pong");
         assert_eq!(h.conn.buffered_input(), 0);
@@ -357,7 +363,9 @@ fn manual_close_waits_for_the_handler_within_the_close_timeout() {
     assert_eq!(close_code(&h.server_frames()[0].1), 4100);
     assert_eq!(h.end(), Some(DisconnectReason::Closed(CloseCode::Library(4001))), "the peer's code");
     // And when the handler never answers.
-    let mut h = Harness::open(|b| b.manual_close(true).close_timeout(Duration::from_secs(1)).idle_timeout(Some(Duration::from_millis(100))));
+    let mut h = Harness::open(|b| {
+        b.manual_close(true).close_timeout(Duration::from_secs(1)).idle_timeout(Some(Duration::from_millis(100)))
+    });
     h.feed(&Harness::close_frame(4002));
     h.advance(Duration::from_millis(600));
     h.flush();
@@ -369,7 +377,7 @@ fn manual_close_waits_for_the_handler_within_the_close_timeout() {
 #[test]
 fn protocol_errors_close_with_their_code_then_end() {
     let cases: [(Vec<u8>, CloseCode); 4] = [
-        (vec![0x81, 0x01, b'a'], CloseCode::Protocol),             // unmasked
+        (vec![0x81, 0x01, b'a'], CloseCode::Protocol), // unmasked
         (Harness::frame(OpCode::Text, true, b"\xff"), CloseCode::Invalid),
         (Harness::frame(OpCode::Continuation, true, b"x"), CloseCode::Protocol),
         (Harness::frame(OpCode::Binary, true, &[0; 100]), CloseCode::Size),
@@ -497,7 +505,9 @@ fn slow_consumers_drop_new_messages_or_are_disconnected() {
     h.flush();
     assert!(h.send_text("fits again").is_ok(), "it catches up");
 
-    let mut h = Harness::open(|b| b.send_queue_limit(10).slow_consumer(SlowConsumerPolicy::Disconnect).close_timeout(Duration::from_secs(1)));
+    let mut h = Harness::open(|b| {
+        b.send_queue_limit(10).slow_consumer(SlowConsumerPolicy::Disconnect).close_timeout(Duration::from_secs(1))
+    });
     h.send_text("0123456789").unwrap();
     assert_eq!(h.send_text("x"), Err(Refused::Full(Overflow::Disconnecting)));
     assert!(!h.conn.is_open());
@@ -514,7 +524,9 @@ fn streamed_fragments_hold_other_messages_back() {
     let frame = |op, fin, p: &[u8]| OutFrame::single(PreparedMessage::frame(op, fin, p).into_bytes(), Instant::now());
     h.conn.send_data(frame(OpCode::Text, false, b"a"), Outbound::Fragment { fin: false }, &h.config, h.now).unwrap();
     h.send_text("message").unwrap();
-    h.conn.send_data(frame(OpCode::Continuation, true, b"b"), Outbound::Fragment { fin: true }, &h.config, h.now).unwrap();
+    h.conn
+        .send_data(frame(OpCode::Continuation, true, b"b"), Outbound::Fragment { fin: true }, &h.config, h.now)
+        .unwrap();
     h.flush();
     let frames: Vec<(OpCode, Vec<u8>)> = h.server_frames();
     assert_eq!(
@@ -528,4 +540,3 @@ fn the_idle_connection_is_small() {
     let size = std::mem::size_of::<Conn<()>>();
     assert!(size <= 256, "Conn<()> is {size} bytes");
 }
-
