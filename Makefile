@@ -51,7 +51,7 @@ release:
 ## ringcast (split off, 1/4/16 KiB frames) and the benches/peers baselines under
 ## ringcast-loadgen at 1k/10k clients × 64 B–64 KiB, then an offered-load sweep. Writes
 ## results/<UTC time>/ (tables; offered, latency, throughput, cpu and frame-size figures) and
-## results/README.md and commits them (BENCH_COMMIT=0: no commit). About 12 minutes on 2 cores.
+## results/README.md and commits them (BENCH_COMMIT=0: no commit). About 13 minutes on 2 cores.
 bench: setup-bench
 	python3 benches/bench.py $(BENCH_ARGS)
 

@@ -19,7 +19,7 @@ the commit and the exact commands, then commits that summary: results/README.md,
 folder and results/codec.md ("bench: results <timestamp>"), and nothing else. BENCH_COMMIT=0
 skips the commit; quick runs never commit (their folders are git-ignored).
 
-    benches/bench.py            # full sweep, about 10 minutes on the 2-core dev box
+    benches/bench.py            # full sweep, about 13 minutes on the 2-core dev box
     benches/bench.py --quick    # reduced sweep, under 3 minutes; leaves results/README.md alone
     benches/bench.py --help     # every knob (clients, payloads, splits, servers, durations)
 
@@ -496,7 +496,7 @@ def summary_markdown(meta, idle, run_dir, codec_ran):
         "",
         "## Commands",
         "",
-        "Reproduce with `make bench` (about 10 minutes) or `make bench-quick` (under 3 minutes, writes a "
+        "Reproduce with `make bench` (about 13 minutes) or `make bench-quick` (under 3 minutes, writes a "
         "`-quick` folder and leaves this file alone). `make bench` then commits this file, results/codec.md and "
         "the run folder. The exact commands of this run, in order (also in "
         f"[commands.txt]({stamp}/commands.txt)):",
