@@ -310,6 +310,17 @@ def main():
     # payload) runs against every server in turn: whatever else the machine does during
     # the sweep then falls on all servers alike instead of on whichever came last.
     servers = {}
+
+    def running_server(setting, run_label):
+        """The setting's server, restarted (and the crash noted) if it exited before `run_label`."""
+        server = servers[setting.slug]
+        if not server.alive():
+            failures.append(f"{setting.slug}: server exited ({server.proc.returncode}) before {run_label}; restarted")
+            server.stop()
+            log = f"{setting.slug}-restart-{run_label.replace(' ', '-').replace('/', '')}.log"
+            server = servers[setting.slug] = Server(setting, os.path.join(run_dir, "servers", log))
+        return server
+
     try:
         for setting in settings:
             servers[setting.slug] = Server(setting, os.path.join(run_dir, "servers", f"{setting.slug}.log"))
@@ -325,13 +336,7 @@ def main():
             for payload in payloads:
                 print(f"== {clients_label(c)} clients × {size_label(payload)}", file=sys.stderr, flush=True)
                 for setting in settings:
-                    server = servers[setting.slug]
-                    if not server.alive():
-                        failures.append(f"{setting.slug}: server exited ({server.proc.returncode}) before "
-                                        f"c={c} p={payload}; restarted")
-                        server.stop()
-                        server = servers[setting.slug] = Server(
-                            setting, os.path.join(run_dir, "servers", f"{setting.slug}-restart-c{c}-p{payload}.log"))
+                    server = running_server(setting, f"c{c} p{payload}")
                     out = os.path.join(run_dir, setting.slug, f"c{c}-p{payload}")
                     r, code, _ = loadgen(args, setting, server, out, "broadcast", c, payload, extra)
                     if r:
@@ -345,13 +350,7 @@ def main():
             print(f"== offered load {offered:,} deliveries/s ({clients_label(args.sweep_clients)} × "
                   f"{size_label(args.sweep_payload)})", file=sys.stderr, flush=True)
             for setting in sweep_settings:
-                server = servers[setting.slug]
-                if not server.alive():
-                    failures.append(f"{setting.slug}: server exited ({server.proc.returncode}) before the "
-                                    f"{offered}/s sweep run; restarted")
-                    server.stop()
-                    server = servers[setting.slug] = Server(
-                        setting, os.path.join(run_dir, "servers", f"{setting.slug}-restart-r{offered}.log"))
+                server = running_server(setting, f"offered {offered}/s")
                 out = os.path.join(run_dir, "offered", setting.slug, f"r{offered}")
                 r, code, _ = loadgen(args, setting, server, out, "broadcast", args.sweep_clients, args.sweep_payload,
                                      sweep_extra, rate=offered / args.sweep_clients)
