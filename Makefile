@@ -2,22 +2,27 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test lint unit conformance test-aarch64 peers bench bench-quick bench-codec fuzz build release
+.PHONY: test setup setup-bench lint unit conformance test-aarch64 peers bench bench-quick bench-codec fuzz build release
 
 ## Run everything CI runs: formatting, lints, the whole test suite, RFC 6455 conformance.
-test: lint unit conformance
+## Installs what the tests need first (tools/setup.sh: a few seconds when it is all there).
+test: setup lint unit conformance
+
+## What `make test` needs: Debian packages (as root), the Python venv, the npm peers, Autobahn.
+setup:
+	tools/setup.sh test
 
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
 
-unit:
+unit: setup
 	$(CARGO) nextest run --workspace --no-fail-fast
 	$(CARGO) test --workspace --doc
 
 ## Autobahn|Testsuite against the echo example (io_uring and epoll) and the client.
-conformance:
+conformance: setup
 	$(CARGO) build --release -p ringcast --example echo -p ringcast-client --example autobahn_client
 	tools/conformance.sh
 
@@ -32,6 +37,10 @@ test-aarch64:
 peers:
 	peers/setup.sh
 
+## What `make bench` needs besides what it builds itself (cargo, python3, git).
+setup-bench:
+	tools/setup.sh bench
+
 build:
 	$(CARGO) build --workspace
 
@@ -40,13 +49,14 @@ release:
 
 ## The broadcast benchmark (benches/bench.py): release build, `make bench-codec`, then
 ## ringcast (split off, 1/4/16 KiB frames) and the benches/peers baselines under
-## ringcast-loadgen at 1k/10k clients × 64 B–64 KiB. Writes results/<UTC time>/ and
-## results/README.md and commits them (BENCH_COMMIT=0: no commit). About 10 minutes on 2 cores.
-bench:
+## ringcast-loadgen at 1k/10k clients × 64 B–64 KiB, then an offered-load sweep. Writes
+## results/<UTC time>/ (tables; offered, latency, throughput, cpu and frame-size figures) and
+## results/README.md and commits them (BENCH_COMMIT=0: no commit). About 13 minutes on 2 cores.
+bench: setup-bench
 	python3 benches/bench.py $(BENCH_ARGS)
 
 ## A reduced sweep in under 3 minutes: results/<UTC time>-quick/ (README.md untouched).
-bench-quick:
+bench-quick: setup-bench
 	python3 benches/bench.py --quick $(BENCH_ARGS)
 
 ## Criterion benches of the codec; writes results/codec.md.

@@ -6,8 +6,10 @@ each server setting starts the server as a subprocess and runs `ringcast-loadgen
 broadcast` once per (clients, payload) with `--server-pid`, stops the server with
 SIGTERM, and aggregates everything into results/<UTC timestamp>/:
 
-    report.json  report.csv  report.md  latency.svg  throughput.svg   (ringcast-loadgen report)
+    report.json  report.csv  report.md                                (ringcast-loadgen report)
+    offered.svg  latency.svg  throughput.svg  cpu.svg  frame-size.svg (its figures)
     <server>-<setting>/c<clients>-p<payload>/result.{json,csv,md} latency.svg stdout.txt
+    offered/<server>-<setting>/r<offered>/...   (the offered-load sweep)
     idle-<server>-<setting>/...           (10k idle clients: server RSS per connection)
     servers/<server>-<setting>.log        (each server's stderr/stdout)
     commands.txt                          (every command, in order)
@@ -17,7 +19,7 @@ the commit and the exact commands, then commits that summary: results/README.md,
 folder and results/codec.md ("bench: results <timestamp>"), and nothing else. BENCH_COMMIT=0
 skips the commit; quick runs never commit (their folders are git-ignored).
 
-    benches/bench.py            # full sweep, about 10 minutes on the 2-core dev box
+    benches/bench.py            # full sweep, about 13 minutes on the 2-core dev box
     benches/bench.py --quick    # reduced sweep, under 3 minutes; leaves results/README.md alone
     benches/bench.py --help     # every knob (clients, payloads, splits, servers, durations)
 
@@ -26,8 +28,11 @@ with split off and frame sizes {1 KiB, 4 KiB, 16 KiB}, and against the tokio-tun
 and fastwebsockets baselines in benches/peers/. The publish rate of each (clients,
 payload) is chosen by the load generator (`--rate auto`: the lower of 200,000
 deliveries/s — 100,000 from 10k clients on, see delivery_target() — and 400 MB/s) and is
-the same for every server, so ratios compare like with like. A server that loses messages or drops clients is recorded (loss, errors), not
-fatal: only the load generator's own exit status reports it.
+the same for every server, so ratios compare like with like. Then the offered-load sweep:
+1k clients × 1 KiB against ringcast (split off) and each baseline at rising publish rates,
+from well below to well past what the two cores can deliver, for the throughput against
+offered load plot. A server that loses messages or drops clients is recorded (loss,
+errors), not fatal: only the load generator's own exit status reports it.
 
 Python 3 standard library only.
 """
@@ -168,10 +173,13 @@ def delivery_target(clients):
     return 200_000 if clients < 5000 else 100_000
 
 
-def loadgen(args, setting, server, out_dir, scenario, clients, payload=None, extra=()):
+def loadgen(args, setting, server, out_dir, scenario, clients, payload=None, extra=(), rate=None):
+    """One load generator run; `rate` (messages/s) overrides the automatic rate."""
     os.makedirs(out_dir, exist_ok=True)
     cmd = [LOADGEN, scenario, f"ws://127.0.0.1:{server.port}/", "--clients", str(clients)]
-    if payload is not None:
+    if payload is not None and rate is not None:
+        cmd += ["--payload", str(payload), "--rate", f"{rate:g}"]
+    elif payload is not None:
         cmd += ["--payload", str(payload), "--max-deliveries", str(delivery_target(clients)), "--max-mbps", "400"]
     cmd += ["--connect-rate", str(args.connect_rate), "--source-addrs", next_source()]
     cmd += ["--server-pid", str(server.proc.pid), "--server-name", setting.server]
@@ -248,6 +256,11 @@ def main():
     p.add_argument("--drain", default="10s")
     p.add_argument("--connect-rate", type=int, default=5000)
     p.add_argument("--idle-clients", type=int, help="idle clients per server for RSS per connection (default 10000; quick: skipped)")
+    p.add_argument("--sweep-rates", help="offered deliveries/s of the offered-load sweep, or 'none' "
+                   "(default: 100000,200000,400000,600000,800000,1200000; quick: 100000,200000,400000)")
+    p.add_argument("--sweep-clients", type=int, default=1000, help="clients of the offered-load sweep")
+    p.add_argument("--sweep-payload", type=int, default=1024, help="payload bytes of the offered-load sweep")
+    p.add_argument("--sweep-duration", help="measured time per sweep run (default 3s; quick 2s)")
     p.add_argument("--no-build", action="store_true", help="use the binaries already built")
     p.add_argument("--no-codec", action="store_true", help="skip `make bench-codec` (always skipped by --quick)")
     p.add_argument("--readme", choices=["auto", "yes", "no"], default="auto",
@@ -262,6 +275,9 @@ def main():
     baselines = [b for b in (args.baselines or ("tokio-tungstenite" if quick else "tokio-tungstenite,fastwebsockets")).split(",") if b]
     duration = args.duration or ("3s" if quick else "8s")
     idle_clients = args.idle_clients if args.idle_clients is not None else (0 if quick else 10000)
+    sweep_text = args.sweep_rates or ("100000,200000,400000" if quick else "100000,200000,400000,600000,800000,1200000")
+    sweep_rates = [] if sweep_text == "none" else [int(r) for r in sweep_text.split(",")]
+    sweep_duration = args.sweep_duration or ("2s" if quick else "3s")
     for b in baselines:
         if b not in PEERS:
             sys.exit(f"unknown baseline {b}; known: {', '.join(PEERS)}")
@@ -287,13 +303,24 @@ def main():
         timings["codec benches"] = time.time() - t
 
     settings = [Setting("ringcast", s) for s in splits] + [Setting(b) for b in baselines]
-    results, idle_results, failures = [], [], []
+    results, idle_results, sweep_results, failures = [], [], [], []
     t_sweep = time.time()
     extra = ["--warmup", args.warmup, "--duration", duration, "--drain", args.drain]
     # Every server runs for the whole sweep (idle ones cost nothing), and each (clients,
     # payload) runs against every server in turn: whatever else the machine does during
     # the sweep then falls on all servers alike instead of on whichever came last.
     servers = {}
+
+    def running_server(setting, run_label):
+        """The setting's server, restarted (and the crash noted) if it exited before `run_label`."""
+        server = servers[setting.slug]
+        if not server.alive():
+            failures.append(f"{setting.slug}: server exited ({server.proc.returncode}) before {run_label}; restarted")
+            server.stop()
+            log = f"{setting.slug}-restart-{run_label.replace(' ', '-').replace('/', '')}.log"
+            server = servers[setting.slug] = Server(setting, os.path.join(run_dir, "servers", log))
+        return server
+
     try:
         for setting in settings:
             servers[setting.slug] = Server(setting, os.path.join(run_dir, "servers", f"{setting.slug}.log"))
@@ -309,19 +336,28 @@ def main():
             for payload in payloads:
                 print(f"== {clients_label(c)} clients × {size_label(payload)}", file=sys.stderr, flush=True)
                 for setting in settings:
-                    server = servers[setting.slug]
-                    if not server.alive():
-                        failures.append(f"{setting.slug}: server exited ({server.proc.returncode}) before "
-                                        f"c={c} p={payload}; restarted")
-                        server.stop()
-                        server = servers[setting.slug] = Server(
-                            setting, os.path.join(run_dir, "servers", f"{setting.slug}-restart-c{c}-p{payload}.log"))
+                    server = running_server(setting, f"c{c} p{payload}")
                     out = os.path.join(run_dir, setting.slug, f"c{c}-p{payload}")
                     r, code, _ = loadgen(args, setting, server, out, "broadcast", c, payload, extra)
                     if r:
                         results.append(r)
                     else:
                         failures.append(f"{setting.slug} c={c} p={payload}: no result (exit {code})")
+        # The offered-load sweep: ringcast unsplit and each baseline, rate by rate.
+        sweep_settings = [s for s in settings if s.server != "ringcast" or s.split is None]
+        sweep_extra = ["--warmup", args.warmup, "--duration", sweep_duration, "--drain", "5s"]
+        for offered in sweep_rates:
+            print(f"== offered load {offered:,} deliveries/s ({clients_label(args.sweep_clients)} × "
+                  f"{size_label(args.sweep_payload)})", file=sys.stderr, flush=True)
+            for setting in sweep_settings:
+                server = running_server(setting, f"offered {offered}/s")
+                out = os.path.join(run_dir, "offered", setting.slug, f"r{offered}")
+                r, code, _ = loadgen(args, setting, server, out, "broadcast", args.sweep_clients, args.sweep_payload,
+                                     sweep_extra, rate=offered / args.sweep_clients)
+                if r:
+                    sweep_results.append(r)
+                else:
+                    failures.append(f"{setting.slug} offered {offered}/s: no result (exit {code})")
     finally:
         for slug, server in servers.items():
             code = server.stop()
@@ -336,7 +372,8 @@ def main():
         sys.exit("no run produced a result")
     title = "Broadcast benchmark" + (" (quick)" if quick else "")
     run([LOADGEN, "report", "--out", os.path.relpath(run_dir, ROOT), "--title", title]
-        + [os.path.relpath(r, ROOT) for r in results])
+        + [os.path.relpath(r, ROOT) for r in results]
+        + [a for r in sweep_results for a in ("--offered-load", os.path.relpath(r, ROOT))])
     timings["total"] = time.time() - t_start
 
     meta = {
@@ -352,7 +389,9 @@ def main():
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "sweep": {"clients": clients, "payloads": payloads, "splits": [s or "off" for s in splits],
                   "baselines": baselines, "warmup": args.warmup, "duration": duration, "drain": args.drain,
-                  "idle_clients": idle_clients},
+                  "idle_clients": idle_clients, "offered_load": {"rates": sweep_rates, "clients": args.sweep_clients,
+                                                                 "payload": args.sweep_payload,
+                                                                 "duration": sweep_duration}},
         "failures": failures,
         "invocation": "make bench-quick" if quick else "make bench",
         "argv": sys.argv[1:],
@@ -379,14 +418,21 @@ def main():
         run(["git", "commit", "-m", f"bench: results {stamp}", "--", *paths])
 
 
+def offered_load_text(sweep):
+    if not sweep["rates"]:
+        return "not run"
+    return (f"{clients_label(sweep['clients'])} clients × {size_label(sweep['payload'])} at "
+            + ", ".join(f"{r:,}" for r in sweep["rates"]) + " deliveries/s offered; ringcast split off and the "
+            f"baselines; measured {sweep['duration']}, drain ≤ 5s per run")
+
+
 def summary_markdown(meta, idle, run_dir, codec_ran):
     stamp = meta["stamp"]
     m = meta["machine"]
     with open(os.path.join(run_dir, "report.md")) as f:
         report = f.read()
     # Relative links from results/ into the run folder.
-    report = report.replace("](latency.svg)", f"]({stamp}/latency.svg)").replace(
-        "](throughput.svg)", f"]({stamp}/throughput.svg)")
+    report = re.sub(r"\]\(([\w.-]+\.svg)\)", lambda m: f"]({stamp}/{m.group(1)})", report)
     report = re.sub(r"^# .*\n", "", report, count=1)
     sweep = meta["sweep"]
     t = meta["timings_s"]
@@ -408,6 +454,7 @@ def summary_markdown(meta, idle, run_dir, codec_ran):
         f"| sweep | clients {', '.join(clients_label(c) for c in sweep['clients'])} × payload "
         f"{', '.join(size_label(p) for p in sweep['payloads'])}; ringcast split {', '.join(size_label(s) if s != 'off' else 'off' for s in sweep['splits'])}; "
         f"baselines {', '.join(sweep['baselines']) or 'none'}; warm-up {sweep['warmup']}, measured {sweep['duration']}, drain ≤ {sweep['drain']} per run |",
+        f"| offered-load sweep | {offered_load_text(sweep['offered_load'])} |",
         f"| time | {t.get('total', 0) / 60:.1f} min in all: " + ", ".join(f"{k} {v:.0f} s" for k, v in t.items() if k != "total") + " |",
         "",
         "Each run: a fresh `ringcast-loadgen broadcast` process connects the clients (5,000/s), one publisher "
@@ -419,7 +466,9 @@ def summary_markdown(meta, idle, run_dir, codec_ran):
         "about 1: every server keeps up with the offered load, and the comparison is in latency and CPU. "
         "Server CPU and RSS come from `/proc/PID`. "
         "The load generator shares the machine with the server: CPU per delivery is the figure that stays "
-        "meaningful when the load generator, not the server, is the bottleneck.",
+        "meaningful when the load generator, not the server, is the bottleneck. The offered-load sweep is where "
+        "throughput does differ: it raises the rate past what the machine can deliver, and the first figure shows "
+        "where each server stops keeping up (that knee includes the load generator's share of the two cores).",
         "",
         report.rstrip(),
         "",
@@ -446,7 +495,7 @@ def summary_markdown(meta, idle, run_dir, codec_ran):
         "",
         "## Commands",
         "",
-        "Reproduce with `make bench` (about 10 minutes) or `make bench-quick` (under 3 minutes, writes a "
+        "Reproduce with `make bench` (about 13 minutes) or `make bench-quick` (under 3 minutes, writes a "
         "`-quick` folder and leaves this file alone). `make bench` then commits this file, results/codec.md and "
         "the run folder. The exact commands of this run, in order (also in "
         f"[commands.txt]({stamp}/commands.txt)):",

@@ -5,6 +5,10 @@
 //     --timeout-ms N                 wait at most N ms for window.__done (default 15000)
 //     --ignore-certificate-errors    trust any TLS certificate (wss:// with a test CA)
 //     --chromium-arg ARG             extra Chromium flag (repeatable)
+//     --done-when EXPR               JS expression polled instead of `window.__done === true`
+//     --result EXPR                  JS expression whose value is reported (default window.__result)
+//     --screenshot FILE              save a full-page PNG of the page once it is done (or timed out)
+//     --viewport WxH                 window size in CSS pixels (default 1280x720)
 //
 // HTML given by --html/--html-file is served from a one-page HTTP server on
 // http://127.0.0.1:<random port>/ (any path), so the page has a real http origin
@@ -23,12 +27,13 @@ const os = require('os');
 const path = require('path');
 
 function usage(msg) {
-  process.stderr.write(`browser.js: ${msg}\nusage: node browser.js (--url URL | --html-file FILE | --html STRING) [--timeout-ms N] [--ignore-certificate-errors] [--chromium-arg ARG]...\n`);
+  process.stderr.write(`browser.js: ${msg}\nusage: node browser.js (--url URL | --html-file FILE | --html STRING) [--timeout-ms N] [--ignore-certificate-errors] [--chromium-arg ARG]... [--done-when EXPR] [--result EXPR] [--screenshot FILE] [--viewport WxH]\n`);
   process.exit(2);
 }
 
 function parseArgs(argv) {
-  const o = { timeoutMs: 15000, ignoreCert: false, extra: [] };
+  const o = { timeoutMs: 15000, ignoreCert: false, extra: [], doneWhen: 'window.__done === true',
+              result: 'window.__result === undefined ? null : window.__result', screenshot: null, viewport: null };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const val = () => {
@@ -41,6 +46,14 @@ function parseArgs(argv) {
     else if (a === '--timeout-ms') o.timeoutMs = Number(val());
     else if (a === '--ignore-certificate-errors') o.ignoreCert = true;
     else if (a === '--chromium-arg') o.extra.push(val());
+    else if (a === '--done-when') o.doneWhen = val();
+    else if (a === '--result') o.result = val();
+    else if (a === '--screenshot') o.screenshot = val();
+    else if (a === '--viewport') {
+      const m = /^(\d+)x(\d+)$/.exec(val());
+      if (!m) usage('--viewport takes WIDTHxHEIGHT, e.g. 1400x1000');
+      o.viewport = { width: Number(m[1]), height: Number(m[2]) };
+    }
     else usage(`unknown argument ${a}`);
   }
   if ((o.url == null) === (o.html == null)) usage('give exactly one of --url, --html, --html-file');
@@ -100,19 +113,26 @@ async function main() {
       args,
       ignoreHTTPSErrors: o.ignoreCert,
       timeout: 30000,
+      ...(o.viewport ? { viewport: o.viewport } : {}),
     });
     const page = context.pages()[0] || (await context.newPage());
     page.on('console', (m) => out.console.push(`${m.type()}: ${m.text()}`));
     page.on('pageerror', (e) => out.page_errors.push(String(e && e.stack ? e.stack : e)));
     await page.goto(out.url, { waitUntil: 'load', timeout: o.timeoutMs });
     try {
-      await page.waitForFunction(() => window.__done === true, null, { timeout: Math.max(1, o.timeoutMs - (Date.now() - t0)), polling: 20 });
+      await page.waitForFunction(o.doneWhen, null, { timeout: Math.max(1, o.timeoutMs - (Date.now() - t0)), polling: 20 });
       out.ok = true;
       code = 0;
     } catch (e) {
-      out.error = `timeout: window.__done was not set within ${o.timeoutMs} ms`;
+      out.error = e.name === 'TimeoutError'
+        ? `timeout: ${o.doneWhen} was not true within ${o.timeoutMs} ms`
+        : `${e.name}: ${e.message}`;
     }
-    out.result = await page.evaluate(() => (window.__result === undefined ? null : window.__result));
+    out.result = await page.evaluate(o.result);
+    if (o.screenshot) {
+      await page.screenshot({ path: o.screenshot, fullPage: true });
+      out.screenshot = o.screenshot;
+    }
   } catch (e) {
     out.error = `${e.name}: ${e.message}`;
   } finally {

@@ -4,10 +4,23 @@
 # negotiates no extensions. Every run must end with 0 failed.
 #
 #   tools/conformance.sh            (after `cargo build --release --example echo --example autobahn_client`)
-#   ENGINE=kosoku tools/conformance.sh   when the Python 2.7 wstest is unavailable
+#
+# The engine is the real Autobahn wstest (Python 2.7) when `tools/setup.sh test` could install it,
+# else kosoku, which runs Autobahn's own case files on Python 3; ENGINE=wstest|kosoku forces one.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export EXCLUDE=${EXCLUDE:-12.*,13.*}
+PEERS_DIR=${RINGCAST_PEERS_DIR:-$HOME/.cache/ringcast-peers}
+if [ -z "${ENGINE:-}" ]; then
+  if "$PEERS_DIR/venv-ab/bin/wstest" --autobahnversion >/dev/null 2>&1; then
+    ENGINE=wstest
+  else
+    ENGINE=kosoku
+    echo "NOTE: the real Autobahn wstest (Python 2.7) is unavailable: using ENGINE=kosoku as the fallback"
+  fi
+fi
+export ENGINE
+echo "autobahn engine: ENGINE=$ENGINE"
 AUTOBAHN=peers/autobahn/autobahn.sh
 ECHO=target/release/examples/echo
 CLIENT=target/release/examples/autobahn_client

@@ -259,7 +259,8 @@ pub struct IdleArgs {
 /// `report`
 #[derive(Debug, Clone, Args)]
 pub struct ReportArgs {
-    /// Directory for report.json, report.csv, report.md, latency.svg and throughput.svg.
+    /// Directory for report.json, report.csv, report.md and the figures: latency.svg,
+    /// throughput.svg, cpu.svg, frame-size.svg (the subject's settings), offered.svg.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
 
@@ -274,6 +275,12 @@ pub struct ReportArgs {
     /// result.json files of single runs.
     #[arg(required = true, value_name = "RESULT_JSON")]
     pub inputs: Vec<PathBuf>,
+
+    /// A run of the offered-load sweep (repeatable): the same clients and payload at
+    /// several publish rates per server, plotted as delivered against offered deliveries/s
+    /// (offered.svg) and tabled in report.md.
+    #[arg(long = "offered-load", value_name = "RESULT_JSON")]
+    pub offered_load: Vec<PathBuf>,
 }
 
 /// Parses `64`, `1KiB`, `1k`, `16KiB`, `1MiB`, `1m` (binary multiples).

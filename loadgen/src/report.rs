@@ -525,7 +525,15 @@ fn ratio(a: f64, b: f64) -> String {
 }
 
 /// The Markdown of a multi-run report. `subject` is the server compared with the others.
-pub fn merged_markdown(title: &str, runs: &[RunReport], subject: &str) -> String {
+/// `sweep` are the offered-load runs (see [`crate::cli::ReportArgs::offered_load`]);
+/// `figures` the (file, caption) of every figure written beside it.
+pub fn merged_markdown(
+    title: &str,
+    runs: &[RunReport],
+    sweep: &[RunReport],
+    subject: &str,
+    figures: &[(&str, &str)],
+) -> String {
     let grid = Grid::new(runs);
     let mut out = format!("# {title}\n\n");
     let failed: Vec<&RunReport> = runs.iter().filter(|r| !r.passed).collect();
@@ -609,16 +617,20 @@ pub fn merged_markdown(title: &str, runs: &[RunReport], subject: &str) -> String
         }
     }
 
-    out.push_str(
-        "## Plots\n\n![latency percentiles](latency.svg)\n\n![throughput and p99 per payload](throughput.svg)\n\n",
-    );
+    if !sweep.is_empty() {
+        offered_load_markdown(&mut out, sweep);
+    }
+    out.push_str("## Plots\n\n");
+    for (file, caption) in figures {
+        let _ = writeln!(out, "**{caption}** ([{file}]({file}))\n\n![{caption}]({file})\n");
+    }
     out.push_str("## All runs\n\n");
     out.push_str(
         "| server | setting | clients | payload | rate msg/s | deliveries/s | MB/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms \
          | lost | dup | reord | errors | connect p99 ms | server CPU s/M | server CPU % | RSS/conn KiB | loadgen CPU s | machine busy % | other CPU % | result |\n",
     );
     out.push_str(&format!("| --- | --- |{}\n", " ---: |".repeat(21) + " --- |"));
-    for r in runs {
+    for r in runs.iter().chain(sweep) {
         let m = r.server_metrics.as_ref();
         let _ = writeln!(
             out,
@@ -649,6 +661,7 @@ pub fn merged_markdown(title: &str, runs: &[RunReport], subject: &str) -> String
             r.verdict.replace('|', "/")
         );
     }
+    let failed: Vec<&RunReport> = failed.into_iter().chain(sweep.iter().filter(|r| !r.passed)).collect();
     if !failed.is_empty() {
         out.push_str("\n### Failed runs\n\n");
         for r in failed {
@@ -667,33 +680,144 @@ pub fn merged_markdown(title: &str, runs: &[RunReport], subject: &str) -> String
     out
 }
 
+/// The runs of the offered-load sweep with one (clients, payload).
+struct SweepGroup {
+    column: (u64, u64),
+    settings: Vec<String>,
+    /// Offered deliveries/s, ascending.
+    offered: Vec<f64>,
+}
+
+fn sweep_groups(sweep: &[RunReport]) -> Vec<SweepGroup> {
+    let mut groups: Vec<SweepGroup> = Vec::new();
+    for r in sweep {
+        let column = (r.clients, r.payload);
+        let at = match groups.iter().position(|g| g.column == column) {
+            Some(i) => i,
+            None => {
+                groups.push(SweepGroup { column, settings: Vec::new(), offered: Vec::new() });
+                groups.len() - 1
+            }
+        };
+        let group = &mut groups[at];
+        if !group.settings.contains(&r.setting_label()) {
+            group.settings.push(r.setting_label());
+        }
+        if !group.offered.contains(&r.offered_per_s) {
+            group.offered.push(r.offered_per_s);
+        }
+    }
+    for group in &mut groups {
+        group.offered.sort_by(f64::total_cmp);
+    }
+    groups
+}
+
+fn offered_load_markdown(out: &mut String, sweep: &[RunReport]) {
+    out.push_str(
+        "## Throughput against offered load\n\nThe same clients and payload at rising publish rates: each cell is \
+         delivered messages/s · p99 latency. Where a server keeps up, delivered equals offered; past its \
+         capacity (or the load generator's: it shares the cores) delivered flattens and latency climbs.\n\n",
+    );
+    for SweepGroup { column: (clients, payload), settings, offered } in sweep_groups(sweep) {
+        let _ = writeln!(out, "### {}\n", column_label(clients, payload));
+        out.push_str("| offered deliveries/s |");
+        for o in &offered {
+            let _ = write!(out, " {} |", thousands(*o));
+        }
+        out.push_str("\n| --- |");
+        out.push_str(&" ---: |".repeat(offered.len()));
+        out.push('\n');
+        for setting in &settings {
+            let _ = write!(out, "| {setting} |");
+            for o in &offered {
+                let run = sweep.iter().find(|r| {
+                    (r.clients, r.payload) == (clients, payload)
+                        && r.setting_label() == *setting
+                        && r.offered_per_s == *o
+                });
+                match run {
+                    Some(r) => {
+                        let mark = if r.passed { "" } else { " ⚠" };
+                        let _ = write!(out, " {} · {} ms{mark} |", thousands(r.deliveries_per_s), ms(r.latency.p99));
+                    }
+                    None => out.push_str(" – |"),
+                }
+            }
+            out.push('\n');
+        }
+        out.push('\n');
+    }
+}
+
+/// One line per setting over the payloads of `clients`: `value` of each run.
+fn per_payload(
+    grid: &Grid<'_>,
+    settings: &[String],
+    clients: u64,
+    value: impl Fn(&RunReport) -> Option<f64>,
+) -> Series {
+    settings
+        .iter()
+        .map(|s| {
+            let pts = grid
+                .columns
+                .iter()
+                .filter(|c| c.0 == clients)
+                .filter_map(|&c| grid.get(s, c))
+                .filter_map(|r| value(r).map(|v| (r.payload as f64, v)))
+                .collect();
+            (s.clone(), pts)
+        })
+        .collect()
+}
+
+type Series = Vec<(String, Vec<(f64, f64)>)>;
+
+fn payload_panel(title: String, y_desc: &str, series: Series) -> crate::plot::Panel {
+    crate::plot::Panel {
+        title,
+        x_desc: "payload".into(),
+        y_desc: y_desc.into(),
+        series,
+        ideal: false,
+        payload_axis: true,
+    }
+}
+
 fn grid_server<'a>(grid: &'a Grid<'_>, setting: &str) -> &'a str {
     grid.cells.iter().find(|((s, _), _)| s == setting).map_or("", |(_, r)| r.server.as_str())
 }
 
 /// `ringcast-loadgen report`.
 pub fn merge_main(args: &crate::cli::ReportArgs) -> Result<(), String> {
-    let mut runs = Vec::new();
-    for path in &args.inputs {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let run: RunReport = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        runs.push(run);
-    }
+    let read = |paths: &[std::path::PathBuf]| -> Result<Vec<RunReport>, String> {
+        paths
+            .iter()
+            .map(|path| {
+                let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+            })
+            .collect()
+    };
+    let runs = read(&args.inputs)?;
+    let sweep = read(&args.offered_load)?;
     let grid = Grid::new(&runs);
     std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
     let write = |name: &str, text: &str| -> Result<(), String> {
         let path = args.out.join(name);
         std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))
     };
-    write("report.json", &serde_json::to_string_pretty(&runs).expect("reports serialise"))?;
+    let every_run: Vec<&RunReport> = runs.iter().chain(&sweep).collect();
+    write("report.json", &serde_json::to_string_pretty(&every_run).expect("reports serialise"))?;
     let mut csv = format!("{CSV_HEADER}\n");
-    for r in &runs {
+    for r in &every_run {
         csv.push_str(&csv_row(r));
         csv.push('\n');
     }
     write("report.csv", &csv)?;
-    write("report.md", &merged_markdown(&args.title, &runs, &args.subject))?;
 
+    let mut figures: Vec<(&str, &str)> = Vec::new();
     let panels: Vec<(String, Vec<(String, &RunReport)>)> = grid
         .columns
         .iter()
@@ -703,42 +827,119 @@ pub fn merge_main(args: &crate::cli::ReportArgs) -> Result<(), String> {
         })
         .collect();
     write("latency.svg", &crate::plot::latency_grid_svg(&panels, &grid.settings)?)?;
+    figures.push(("latency.svg", "Latency percentiles, one panel per clients × payload"));
 
     let mut client_counts: Vec<u64> = grid.columns.iter().map(|c| c.0).collect();
     client_counts.dedup();
+    let deliveries = |r: &RunReport| Some(r.deliveries_per_s);
+    let p99 = |r: &RunReport| Some(r.latency.p99);
     let mut tput = Vec::new();
-    for (metric, y_desc) in [("deliveries", "delivered messages/s"), ("p99", "p99 latency, ms")] {
+    for &clients in &client_counts {
+        let c = clients_label(clients);
+        tput.push(payload_panel(
+            format!("{c} clients: throughput"),
+            "delivered messages/s",
+            per_payload(&grid, &grid.settings, clients, deliveries),
+        ));
+    }
+    for &clients in &client_counts {
+        let c = clients_label(clients);
+        tput.push(payload_panel(
+            format!("{c} clients: p99 latency"),
+            "p99 latency, ms",
+            per_payload(&grid, &grid.settings, clients, p99),
+        ));
+    }
+    write("throughput.svg", &crate::plot::panels_svg(&tput, &grid.settings)?)?;
+    figures.push(("throughput.svg", "Throughput and p99 latency per payload"));
+
+    let cpu_panels: Vec<_> = client_counts
+        .iter()
+        .map(|&clients| {
+            payload_panel(
+                format!("{} clients: server CPU per delivery", clients_label(clients)),
+                "server CPU s per million deliveries",
+                per_payload(&grid, &grid.settings, clients, RunReport::cpu_per_million),
+            )
+        })
+        .collect();
+    if cpu_panels.iter().any(|p| p.series.iter().any(|(_, pts)| !pts.is_empty())) {
+        write("cpu.svg", &crate::plot::panels_svg(&cpu_panels, &grid.settings)?)?;
+        figures.push(("cpu.svg", "Server CPU per delivery, per payload (lower is cheaper)"));
+    }
+
+    // The frame-size comparison: the subject's own settings, nothing else in the way.
+    let frame_settings: Vec<String> =
+        grid.settings.iter().filter(|s| grid_server(&grid, s) == args.subject).cloned().collect();
+    if frame_settings.len() > 1 {
+        let mut frame_panels = Vec::new();
         for &clients in &client_counts {
-            let series = grid
-                .settings
-                .iter()
-                .map(|s| {
-                    let pts = grid
-                        .columns
-                        .iter()
-                        .filter(|c| c.0 == clients)
-                        .filter_map(|&c| grid.get(s, c))
-                        .map(|r| (r.payload as f64, if metric == "p99" { r.latency.p99 } else { r.deliveries_per_s }))
-                        .collect();
-                    (s.clone(), pts)
-                })
-                .collect();
-            tput.push(crate::plot::ThroughputPanel {
-                title: format!(
-                    "{} clients: {}",
-                    clients_label(clients),
-                    if metric == "p99" { "p99 latency" } else { "throughput" }
-                ),
-                y_desc: y_desc.into(),
-                series,
+            frame_panels.push(payload_panel(
+                format!("{} clients: p99 latency by frame size", clients_label(clients)),
+                "p99 latency, ms",
+                per_payload(&grid, &frame_settings, clients, p99),
+            ));
+            frame_panels.push(payload_panel(
+                format!("{} clients: server CPU by frame size", clients_label(clients)),
+                "server CPU s per million deliveries",
+                per_payload(&grid, &frame_settings, clients, RunReport::cpu_per_million),
+            ));
+        }
+        write("frame-size.svg", &crate::plot::panels_svg(&frame_panels, &frame_settings)?)?;
+        figures.push(("frame-size.svg", "Frame-size settings compared: p99 latency and server CPU per delivery"));
+    }
+
+    if !sweep.is_empty() {
+        let mut sweep_settings: Vec<String> = Vec::new();
+        let mut offered_panels = Vec::new();
+        for SweepGroup { column: (clients, payload), settings, .. } in sweep_groups(&sweep) {
+            for s in settings {
+                if !sweep_settings.contains(&s) {
+                    sweep_settings.push(s);
+                }
+            }
+            let line = |value: fn(&RunReport) -> f64| -> Series {
+                sweep_settings
+                    .iter()
+                    .map(|s| {
+                        let mut pts: Vec<(f64, f64)> = sweep
+                            .iter()
+                            .filter(|r| (r.clients, r.payload) == (clients, payload) && r.setting_label() == *s)
+                            .map(|r| (r.offered_per_s, value(r)))
+                            .collect();
+                        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+                        (s.clone(), pts)
+                    })
+                    .collect()
+            };
+            let column = column_label(clients, payload);
+            offered_panels.push(crate::plot::Panel {
+                title: format!("{column}: delivered against offered"),
+                x_desc: "offered deliveries/s".into(),
+                y_desc: "delivered messages/s".into(),
+                series: line(|r| r.deliveries_per_s),
+                ideal: true,
+                payload_axis: false,
+            });
+            offered_panels.push(crate::plot::Panel {
+                title: format!("{column}: p99 latency against offered"),
+                x_desc: "offered deliveries/s".into(),
+                y_desc: "p99 latency, ms".into(),
+                series: line(|r| r.latency.p99),
+                ideal: false,
+                payload_axis: false,
             });
         }
+        write("offered.svg", &crate::plot::panels_svg(&offered_panels, &sweep_settings)?)?;
+        figures.insert(0, ("offered.svg", "Throughput against offered load, per server"));
     }
-    write("throughput.svg", &crate::plot::throughput_svg(&tput, &grid.settings)?)?;
+    write("report.md", &merged_markdown(&args.title, &runs, &sweep, &args.subject, &figures))?;
     eprintln!(
-        "ringcast-loadgen: wrote report.json, report.csv, report.md, latency.svg, throughput.svg to {} ({} runs)",
+        "ringcast-loadgen: wrote report.json, report.csv, report.md, {} to {} ({} runs{})",
+        figures.iter().map(|f| f.0).collect::<Vec<_>>().join(", "),
         args.out.display(),
-        runs.len()
+        runs.len(),
+        if sweep.is_empty() { String::new() } else { format!(" + {} offered-load runs", sweep.len()) }
     );
     Ok(())
 }

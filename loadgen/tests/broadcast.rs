@@ -114,7 +114,49 @@ fn small_broadcast_against_ringcast_loses_nothing() {
         .output()
         .unwrap();
     assert!(report.status.success(), "{}", String::from_utf8_lossy(&report.stderr));
-    for file in ["report.json", "report.csv", "report.md", "latency.svg", "throughput.svg"] {
+    for file in ["report.json", "report.csv", "report.md", "latency.svg", "throughput.svg", "cpu.svg"] {
         assert!(out.path().join("report").join(file).exists(), "{file} missing");
     }
+
+    // Every figure of a bench run, from variations of this run: a second frame-size
+    // setting, a baseline, and an offered-load sweep of both servers.
+    let variant = |name: &str, edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut run = json.clone();
+        edit(&mut run);
+        let path = out.path().join(format!("{name}.json"));
+        std::fs::write(&path, run.to_string()).unwrap();
+        path
+    };
+    let split = variant("split", &|r| r["setting"] = "split 4 KiB".into());
+    let baseline = variant("baseline", &|r| r["server"] = "other".into());
+    let mut report = Command::new(env!("CARGO_BIN_EXE_ringcast-loadgen"));
+    report.arg("report").arg("--out").arg(out.path().join("all"));
+    report.arg(out.path().join("result.json")).arg(&split).arg(&baseline);
+    for server in ["ringcast", "other"] {
+        for (i, offered) in [50_000.0, 100_000.0, 200_000.0f64].iter().enumerate() {
+            let run = variant(&format!("{server}-{i}"), &|r| {
+                r["server"] = server.into();
+                r["offered_per_s"] = (*offered).into();
+                r["rate"] = (offered / 500.0).into();
+                r["deliveries_per_s"] = offered.min(120_000.0).into();
+            });
+            report.arg("--offered-load").arg(run);
+        }
+    }
+    let report = report.output().unwrap();
+    assert!(report.status.success(), "{}", String::from_utf8_lossy(&report.stderr));
+    let read = |file: &str| std::fs::read_to_string(out.path().join("all").join(file)).unwrap();
+    let md = read("report.md");
+    for figure in ["offered.svg", "latency.svg", "throughput.svg", "cpu.svg", "frame-size.svg"] {
+        assert!(md.contains(&format!("]({figure})")), "report.md links {figure}");
+        assert!(read(figure).starts_with("<svg"), "{figure}");
+    }
+    assert!(md.contains("## Throughput against offered load"), "{md}");
+    assert!(md.contains("| ringcast | 50,000 · "), "a row per server, a cell per offered rate: {md}");
+    let offered = read("offered.svg");
+    for label in ["ringcast", "other", "delivered = offered", "offered deliveries/s"] {
+        assert!(offered.contains(label), "offered.svg shows {label}");
+    }
+    let frame_size = read("frame-size.svg");
+    assert!(frame_size.contains("ringcast split 4 KiB") && !frame_size.contains(">\nother\n<"), "only ringcast");
 }

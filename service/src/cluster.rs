@@ -13,8 +13,10 @@
 //! numbers reveal gaps), never hidden.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+
+use crate::topics::TopicCounts;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -99,9 +101,6 @@ enum Interest {
 pub struct Cluster {
     publishes: UnboundedSender<Publish>,
     interests: UnboundedSender<Interest>,
-    /// Topic → local subscriptions, so a node subscribes to a topic's channel only
-    /// while it has local subscribers.
-    topic_interest: Arc<Mutex<HashMap<String, usize>>>,
     pub metrics: Arc<ClusterMetrics>,
 }
 
@@ -112,15 +111,18 @@ pub struct Backbone {
     static_channels: Vec<String>,
     publishes: UnboundedReceiver<Publish>,
     interests: UnboundedReceiver<Interest>,
-    topic_interest: Arc<Mutex<HashMap<String, usize>>>,
+    /// The service's topic counts: a node subscribes to a topic's channel only while it
+    /// has local subscribers.
+    topics: Arc<TopicCounts>,
     metrics: Arc<ClusterMetrics>,
     runtime: tokio::runtime::Runtime,
 }
 
 /// Connects to Redis (failing clearly if it cannot be reached) and returns the
 /// service's handle plus the backbone to start later. `always` are the scopes this
-/// node listens to whatever its clients do (broadcast or relay).
-pub fn connect(url: &str, always: &[Scope]) -> Result<(Cluster, Backbone), String> {
+/// node listens to whatever its clients do (broadcast or relay); `topics` are the
+/// service's subscriber counts, read again at every resubscription.
+pub fn connect(url: &str, always: &[Scope], topics: Arc<TopicCounts>) -> Result<(Cluster, Backbone), String> {
     let client = redis::Client::open(url).map_err(|e| format!("--cluster {url}: {e}"))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -139,21 +141,15 @@ pub fn connect(url: &str, always: &[Scope]) -> Result<(Cluster, Backbone), Strin
     let node = rand::random::<u64>();
     let (publish_tx, publish_rx) = unbounded_channel();
     let (interest_tx, interest_rx) = unbounded_channel();
-    let topic_interest = Arc::new(Mutex::new(HashMap::new()));
     let metrics = Arc::new(ClusterMetrics::default());
-    let cluster = Cluster {
-        publishes: publish_tx,
-        interests: interest_tx,
-        topic_interest: topic_interest.clone(),
-        metrics: metrics.clone(),
-    };
+    let cluster = Cluster { publishes: publish_tx, interests: interest_tx, metrics: metrics.clone() };
     let backbone = Backbone {
         client,
         node,
         static_channels: always.iter().map(Scope::channel).collect(),
         publishes: publish_rx,
         interests: interest_rx,
-        topic_interest,
+        topics,
         metrics,
         runtime,
     };
@@ -166,26 +162,14 @@ impl Cluster {
         let _ = self.publishes.send(Publish { channel: scope.channel(), binary, body: body.to_vec() });
     }
 
-    /// A local connection subscribed to `topic`.
-    pub fn topic_subscribed(&self, topic: &str) {
-        let mut interest = self.topic_interest.lock().unwrap_or_else(|e| e.into_inner());
-        let count = interest.entry(topic.to_owned()).or_insert(0);
-        *count += 1;
-        if *count == 1 {
-            let _ = self.interests.send(Interest::Subscribe(Scope::Topic(topic.to_owned()).channel()));
-        }
+    /// `topic` got its first local subscriber (see [`TopicCounts::subscribed`]).
+    pub fn topic_interest_started(&self, topic: &str) {
+        let _ = self.interests.send(Interest::Subscribe(Scope::Topic(topic.to_owned()).channel()));
     }
 
-    /// A local connection unsubscribed from `topic` (or disconnected).
-    pub fn topic_unsubscribed(&self, topic: &str) {
-        let mut interest = self.topic_interest.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = interest.get_mut(topic) {
-            *count -= 1;
-            if *count == 0 {
-                interest.remove(topic);
-                let _ = self.interests.send(Interest::Unsubscribe(Scope::Topic(topic.to_owned()).channel()));
-            }
-        }
+    /// `topic` lost its last local subscriber.
+    pub fn topic_interest_ended(&self, topic: &str) {
+        let _ = self.interests.send(Interest::Unsubscribe(Scope::Topic(topic.to_owned()).channel()));
     }
 }
 
@@ -229,11 +213,10 @@ impl Backbone {
     /// local fan-out.
     pub fn start(self, deliver: impl Fn(Inbound) + Send + 'static) -> std::io::Result<()> {
         std::thread::Builder::new().name("ringcast-cluster".into()).spawn(move || {
-            let Backbone { client, node, static_channels, publishes, interests, topic_interest, metrics, runtime } =
-                self;
+            let Backbone { client, node, static_channels, publishes, interests, topics, metrics, runtime } = self;
             runtime.block_on(async move {
                 let publisher = tokio::spawn(publish_loop(client.clone(), node, publishes, metrics.clone()));
-                let subscribe = SubscribeLoop { client, node, static_channels, topic_interest, metrics };
+                let subscribe = SubscribeLoop { client, node, static_channels, topics, metrics };
                 subscribe.run(interests, deliver).await;
                 publisher.abort();
             });
@@ -291,7 +274,7 @@ struct SubscribeLoop {
     client: redis::Client,
     node: u64,
     static_channels: Vec<String>,
-    topic_interest: Arc<Mutex<HashMap<String, usize>>>,
+    topics: Arc<TopicCounts>,
     metrics: Arc<ClusterMetrics>,
 }
 
@@ -318,13 +301,7 @@ impl SubscribeLoop {
             };
             let (mut sink, mut stream) = pubsub.split();
             let mut channels = self.static_channels.clone();
-            channels.extend(
-                self.topic_interest
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .keys()
-                    .map(|t| Scope::Topic(t.clone()).channel()),
-            );
+            channels.extend(self.topics.names().into_iter().map(|t| Scope::Topic(t).channel()));
             if !channels.is_empty() && sink.subscribe(&channels).await.is_err() {
                 tokio::time::sleep(backoff.next()).await;
                 continue;

@@ -2,22 +2,27 @@
 #![forbid(unsafe_code)]
 
 mod cluster;
+mod dashboard;
 mod metrics;
 mod service;
 mod settings;
+mod topics;
 
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use clap::Parser;
-use ringcast::{Broadcaster, IoBackend, Server, ServerHandle, SlowConsumerPolicy, TlsFiles};
+use ringcast::{IoBackend, Server, ServerHandle, SlowConsumerPolicy, TlsFiles};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use cluster::Scope;
+use dashboard::Dashboard;
 use metrics::ServiceCounters;
-use service::{Role, Service};
+use service::Service;
 use settings::{Backend, Cli, Command, LogFormat, Mode, ServeArgs, SlowConsumer};
+use topics::TopicCounts;
 
 fn main() -> ExitCode {
     let Command::Serve(args) = Cli::parse().command;
@@ -53,6 +58,7 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     raise_file_limit();
     let mode = args.mode.unwrap_or_default();
     let status_page = args.status_page.unwrap_or(true);
+    let topics = Arc::new(TopicCounts::default());
     let (cluster, backbone) = match &args.cluster {
         Some(url) => {
             let always = match mode {
@@ -60,7 +66,7 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
                 Mode::Relay => vec![Scope::Relay],
                 Mode::Pubsub | Mode::Echo => vec![],
             };
-            let (cluster, backbone) = cluster::connect(url, &always)?;
+            let (cluster, backbone) = cluster::connect(url, &always, topics.clone())?;
             (Some(cluster), Some(backbone))
         }
         None => (None, None),
@@ -70,8 +76,9 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         path: normalize(args.path.as_deref().unwrap_or("/")),
         publish_path: normalize(args.publish_path.as_deref().unwrap_or("/publish")),
         token: args.publish_token.clone(),
-        status_page,
+        dashboard: status_page.then(|| Dashboard::new(args.admin_token.clone())),
         counters: ServiceCounters::default(),
+        topics,
         cluster,
     };
     let server = builder(&args)?.start(service)?;
@@ -87,8 +94,7 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         "ringcast started"
     );
     if status_page {
-        let broadcaster = server.broadcaster();
-        std::thread::Builder::new().name("ringcast-status".into()).spawn(move || status_feed(broadcaster))?;
+        dashboard::start_feed(server.broadcaster(), server.handler().clone())?;
     }
     wait_for_signal(&server)?;
     tracing::info!("stopping: closing every connection with 1001");
@@ -170,31 +176,4 @@ fn wait_for_signal(server: &ServerHandle<Service>) -> std::io::Result<()> {
         tracing::info!(signal = name, connections = server.stats().total_connections(), "signal received");
     }
     Ok(())
-}
-
-/// Pushes a JSON snapshot of the counters to the status page's feed every second.
-fn status_feed(broadcaster: Broadcaster<service::Peer>) {
-    let mut last = broadcaster.stats();
-    let mut last_time = Instant::now();
-    loop {
-        std::thread::sleep(Duration::from_secs(1));
-        let stats = broadcaster.stats();
-        let elapsed = last_time.elapsed().as_secs_f64();
-        last_time = Instant::now();
-        let rate = |now: u64, then: u64| now.saturating_sub(then) as f64 / elapsed;
-        let backends: Vec<String> =
-            stats.io_uring.iter().map(|u| format!("\"{}\"", if *u { "io_uring" } else { "epoll" })).collect();
-        let json = format!(
-            "{{\"websockets\":{},\"connections\":{:?},\"messages_in_per_s\":{:.1},\"messages_out_per_s\":{:.1},\"bytes_out_per_s\":{:.1},\"dropped_messages\":{},\"backends\":[{}]}}",
-            stats.websockets,
-            stats.connections,
-            rate(stats.messages_in, last.messages_in),
-            rate(stats.messages_out, last.messages_out),
-            rate(stats.bytes_out, last.bytes_out),
-            stats.dropped_messages,
-            backends.join(",")
-        );
-        broadcaster.send_where(|c| c.data().role == Role::StatusFeed, &json);
-        last = stats;
-    }
 }

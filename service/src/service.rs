@@ -1,20 +1,18 @@
 //! The service's handler: broadcast, relay, pub/sub and echo modes, plus its HTTP
-//! endpoints (POST /publish, /metrics, /healthz, the status page).
+//! endpoints (POST /publish, /metrics, /healthz, the dashboard).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use ringcast::{Allow, Connection, Handler, HttpRequest, HttpResponse, PreparedMessage, Request, Target};
 use simd_json::prelude::*;
 
 use crate::cluster::{Cluster, Scope};
+use crate::dashboard::{self, Dashboard};
 use crate::metrics::{self, ServiceCounters};
 use crate::settings::Mode;
-
-/// The WebSocket path of the status page's live feed.
-pub const STATUS_FEED_PATH: &str = "/_status";
-
-const STATUS_PAGE: &str = include_str!("status.html");
+use crate::topics::TopicCounts;
 
 /// What a connection is to the service.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -26,7 +24,7 @@ pub enum Role {
     Subscriber,
     /// Broadcast mode: sends what subscribers receive.
     Publisher,
-    /// The status page's live feed.
+    /// The dashboard's live feed.
     StatusFeed,
 }
 
@@ -41,34 +39,64 @@ pub struct Service {
     pub path: String,
     pub publish_path: String,
     pub token: Option<String>,
-    pub status_page: bool,
+    /// The page at `GET /`, unless `--status-page false`.
+    pub dashboard: Option<Dashboard>,
     pub counters: ServiceCounters,
+    /// Subscribers per topic (pub/sub mode).
+    pub topics: Arc<TopicCounts>,
     /// Other nodes, when running with `--cluster`.
     pub cluster: Option<Cluster>,
 }
 
-/// Whether a request carries the publish token (`?token=` or `Authorization: Bearer`).
-enum TokenCheck {
+/// Whether a request carries the token (`?token=` or `Authorization: Bearer`).
+pub enum TokenCheck {
     Ok,
     Missing,
     Wrong,
 }
 
+/// Checks `request` for `expected` (no token configured: anyone may).
+pub fn check_token(request: &Request, expected: Option<&str>) -> TokenCheck {
+    let Some(expected) = expected else { return TokenCheck::Ok };
+    let offered = request
+        .query_param("token")
+        .or_else(|| request.header("authorization").and_then(|h| h.strip_prefix("Bearer ")).map(str::trim));
+    match offered {
+        None => TokenCheck::Missing,
+        Some(token) if same_secret(token.as_bytes(), expected.as_bytes()) => TokenCheck::Ok,
+        Some(_) => TokenCheck::Wrong,
+    }
+}
+
+/// Compares without stopping at the first difference, so the time taken does not tell
+/// how much of a guess was right.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
 impl Service {
     fn check_token(&self, request: &Request) -> TokenCheck {
-        let Some(expected) = &self.token else { return TokenCheck::Ok };
-        let offered = request
-            .query_param("token")
-            .or_else(|| request.header("authorization").and_then(|h| h.strip_prefix("Bearer ")).map(str::trim));
-        match offered {
-            None => TokenCheck::Missing,
-            Some(token) if token.as_bytes() == expected.as_bytes() => TokenCheck::Ok,
-            Some(_) => TokenCheck::Wrong,
-        }
+        check_token(request, self.token.as_deref())
     }
 
     fn is_status_feed(&self, path: &str) -> bool {
-        self.status_page && path == STATUS_FEED_PATH
+        self.dashboard.is_some() && path == dashboard::FEED_PATH
+    }
+
+    fn topic_subscribed(&self, topic: &str) {
+        self.topics.subscribed(topic, || {
+            if let Some(cluster) = &self.cluster {
+                cluster.topic_interest_started(topic);
+            }
+        });
+    }
+
+    fn topic_unsubscribed(&self, topic: &str) {
+        self.topics.unsubscribed(topic, || {
+            if let Some(cluster) = &self.cluster {
+                cluster.topic_interest_ended(topic);
+            }
+        });
     }
 
     /// Broadcast mode: a publisher's message goes to every subscriber, encoded once.
@@ -120,18 +148,14 @@ impl Service {
                         Err("topic must be 1 to 256 bytes".to_owned())
                     }
                     (Some("subscribe"), Some(topic)) => {
-                        if conn.subscribe(topic)
-                            && let Some(cluster) = &self.cluster
-                        {
-                            cluster.topic_subscribed(topic);
+                        if conn.subscribe(topic) {
+                            self.topic_subscribed(topic);
                         }
                         Ok(event("subscribed", topic))
                     }
                     (Some("unsubscribe"), Some(topic)) => {
-                        if conn.unsubscribe(topic)
-                            && let Some(cluster) = &self.cluster
-                        {
-                            cluster.topic_unsubscribed(topic);
+                        if conn.unsubscribe(topic) {
+                            self.topic_unsubscribed(topic);
                         }
                         Ok(event("unsubscribed", topic))
                     }
@@ -230,8 +254,10 @@ impl Handler for Service {
 
     fn allow(&self, request: &Request, _peer: SocketAddr) -> Allow {
         let path = request.path();
-        if self.is_status_feed(path) {
-            return Allow::Yes;
+        if path == dashboard::FEED_PATH
+            && let Some(dashboard) = &self.dashboard
+        {
+            return dashboard.allow_feed(request);
         }
         if self.mode == Mode::Broadcast && path == self.publish_path {
             return match self.check_token(request) {
@@ -252,6 +278,11 @@ impl Handler for Service {
         } else {
             Role::Client
         };
+        if conn.data().role == Role::StatusFeed
+            && let Some(dashboard) = &self.dashboard
+        {
+            let _ = conn.send(&dashboard.history_message());
+        }
     }
 
     fn on_text(&self, conn: &mut Connection<'_, Peer>, text: &str) {
@@ -290,15 +321,18 @@ impl Handler for Service {
     }
 
     fn on_disconnect(&self, conn: &mut Connection<'_, Peer>, _reason: &ringcast::DisconnectReason) {
-        if let Some(cluster) = &self.cluster {
-            for topic in conn.topics() {
-                cluster.topic_unsubscribed(topic);
-            }
+        for topic in conn.topics() {
+            self.topic_unsubscribed(topic);
         }
     }
 
     fn on_http(&self, http: &HttpRequest<'_, Peer>) -> Option<HttpResponse> {
         let head = http.head();
+        if let Some(dashboard) = &self.dashboard
+            && (head.method(), head.path()) == ("GET", "/")
+        {
+            return Some(dashboard.page(head));
+        }
         Some(match (head.method(), head.path()) {
             ("POST", path) if path == self.publish_path => self.http_publish(http),
             ("GET", "/metrics") => HttpResponse::new(200).header("Content-Type", "text/plain; version=0.0.4").body(
@@ -310,7 +344,6 @@ impl Handler for Service {
                 .into_bytes(),
             ),
             ("GET", "/healthz") => HttpResponse::text(200, "ok\n"),
-            ("GET", "/") if self.status_page => HttpResponse::html(200, STATUS_PAGE),
             ("GET", path) if path == self.path => return None,
             _ => HttpResponse::text(404, "not found\n"),
         })

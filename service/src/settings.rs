@@ -37,6 +37,18 @@ pub enum Mode {
     Echo,
 }
 
+impl Mode {
+    /// The mode's name as the flag spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Broadcast => "broadcast",
+            Mode::Relay => "relay",
+            Mode::Pubsub => "pubsub",
+            Mode::Echo => "echo",
+        }
+    }
+}
+
 /// What to do with a client whose send queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -178,9 +190,18 @@ pub struct ServeArgs {
     #[arg(long, value_enum)]
     pub io: Option<Backend>,
 
-    /// Serve the live status page at GET / [default: true].
+    /// Serve the operator's dashboard at GET /: live charts of connections, messages,
+    /// bytes, publish-to-write latency and slow consumers, the workers, the busiest topics
+    /// and the cluster backbone, fed every second over the WebSocket /_status [default: true].
     #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
     pub status_page: Option<bool>,
+
+    /// Protect the dashboard (GET / and its feed /_status) with this token: open it as
+    /// /?token=TOKEN, or send `Authorization: Bearer TOKEN`. Missing → 401, wrong → 403.
+    /// /metrics and /healthz stay open. Without it anyone who reaches the port can see
+    /// the dashboard.
+    #[arg(long, value_name = "TOKEN", env = "RINGCAST_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 
     /// Log format [default: text]. The level comes from RUST_LOG (default info).
     #[arg(long, value_enum)]
@@ -229,6 +250,7 @@ impl ServeArgs {
             tls_root: self.tls_root.or(file.tls_root),
             io: self.io.or(file.io),
             status_page: self.status_page.or(file.status_page),
+            admin_token: self.admin_token.or(file.admin_token),
             log_format: self.log_format.or(file.log_format),
             cluster: self.cluster.or(file.cluster),
         }

@@ -163,11 +163,15 @@ fn nodes_survive_a_redis_restart_and_count_what_was_lost() {
     let mut peer = Peer::python();
     peer.connect("sub_a", &a.url("/"), &ConnectOpts::new().collect());
     peer.connect("sub_b", &b.url("/"), &ConnectOpts::new().collect());
+    // b's dashboard feed shows the backbone as the outage goes by.
+    peer.connect("dashboard_b", &b.url("/_status"), &ConnectOpts::new());
+    assert_eq!(backbone_state(&mut peer, "dashboard_b", |state| state.contains(r#""up":true"#)).0, "up");
     assert_eq!(a.http("POST", "/publish", b"before").0, 202);
     assert_eq!(peer.drain(&Drain::id("sub_b").wait_count(1)).total, 1);
 
     redis.kill();
     a.wait_metric("ringcast_cluster_up", 0.0);
+    backbone_state(&mut peer, "dashboard_b", |state| state.contains(r#""up":false"#));
     // Local traffic continues during the outage; what cannot cross is counted.
     for _ in 0..3 {
         assert_eq!(a.http("POST", "/publish", b"during").0, 202);
@@ -194,6 +198,33 @@ fn nodes_survive_a_redis_restart_and_count_what_was_lost() {
     }
     // b saw the sequence gap left by the messages a could not send.
     assert!(b.metric("ringcast_cluster_gaps_total") >= 3.0, "gaps: {}", b.metric("ringcast_cluster_gaps_total"));
+    let (up, gaps, reconnects) = backbone_state(&mut peer, "dashboard_b", |state| {
+        state.contains(r#""up":true"#) && !state.contains(r#""gaps":0,"#)
+    });
+    assert_eq!(up, "up");
+    assert!(gaps >= 3, "the dashboard shows the gaps: {gaps}");
+    assert!(reconnects >= 1, "and the reconnection: {reconnects}");
+}
+
+/// Reads the dashboard feed `id` until a snapshot's `"cluster":{...}` satisfies `wanted`
+/// (bounded); returns its state, gaps and reconnects.
+fn backbone_state(peer: &mut Peer, id: &str, wanted: impl Fn(&str) -> bool) -> (&'static str, u64, u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let snapshot = peer.expect_text(id);
+        if let Some(start) = snapshot.rfind(r#""cluster":{"#) {
+            let state = &snapshot[start..start + snapshot[start..].find('}').unwrap()];
+            if wanted(state) {
+                let number = |key: &str| -> u64 {
+                    let rest = &state[state.find(&format!("\"{key}\":")).unwrap() + key.len() + 3..];
+                    rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len())].parse().unwrap()
+                };
+                let up = if state.contains(r#""up":true"#) { "up" } else { "down" };
+                return (up, number("gaps"), number("reconnects"));
+            }
+        }
+        assert!(Instant::now() < deadline, "no dashboard snapshot matched; last: {snapshot}");
+    }
 }
 
 #[test]

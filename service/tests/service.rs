@@ -5,6 +5,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use testkit::browser::{PageOpts, run_page};
@@ -286,21 +288,145 @@ fn missing_tls_files_fail_at_start_naming_the_file() {
     assert!(stderr.contains("/nonexistent/cert.pem"), "{stderr}");
 }
 
+/// Every tile's number and caption on the dashboard, by element id.
+const SHOWN_NUMBERS: &str =
+    "Object.fromEntries([...document.querySelectorAll('.tile .value, .tile .sub')].map(e => [e.id, e.textContent]))";
+
+/// The first number in a caption such as "12,345 in all".
+fn leading_number(text: &str) -> u64 {
+    let digits: String = text.chars().take_while(|c| c.is_ascii_digit() || *c == ',').filter(|c| *c != ',').collect();
+    digits.parse().unwrap_or_else(|_| panic!("no number at the start of {text:?}"))
+}
+
 #[test]
-fn status_page_shows_live_counts_in_chromium() {
-    let service = Service::start(&[]);
-    let mut peer = Peer::python();
-    peer.crowd("s", 3, &service.url("/"), &ConnectOpts::new());
-    let result = run_page(&format!("http://127.0.0.1:{}/", service.port), &PageOpts::default());
-    assert!(result["updates"].as_u64().unwrap() >= 2, "{result}");
-    // Three subscribers plus the page's own feed connection.
-    assert_eq!(result["last"]["websockets"].as_u64(), Some(4), "{result}");
-    assert_eq!(result["shown"].as_str(), Some("4"), "{result}");
-    assert_eq!(result["last"]["backends"].as_array().map(Vec::len), Some(2), "{result}");
-    let (status, body) = service.http("GET", "/", b"");
+fn dashboard_under_load_fills_its_charts_and_its_numbers_move_in_chromium() {
+    let service = Service::start(&["--mode", "pubsub", "--admin-token", "look"]);
+    let mut subscribers = Peer::python();
+    for (prefix, count, topic) in [("p", 30, "prices"), ("n", 5, "news")] {
+        subscribers.crowd(prefix, count, &service.url("/"), &ConnectOpts::new());
+        subscribers.send_text_to_prefix(prefix, &format!(r#"{{"op":"subscribe","topic":"{topic}"}}"#));
+        assert!(subscribers.drain(&Drain::prefix(prefix).wait_count(1)).satisfied, "{topic}: subscribed");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let (stop, url) = (stop.clone(), service.url("/"));
+        std::thread::spawn(move || {
+            let mut peer = Peer::node();
+            peer.connect("pub", &url, &ConnectOpts::new().collect());
+            let pad = "x".repeat(200);
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let topic = if sent % 10 == 9 { "news" } else { "prices" };
+                peer.send_text(
+                    "pub",
+                    &format!(r#"{{"op":"publish","topic":"{topic}","data":{{"n":{sent},"pad":"{pad}"}}}}"#),
+                );
+                sent += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            sent
+        })
+    };
+    let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap().join("test-output").join("dashboard.png");
+    std::fs::create_dir_all(screenshot.parent().unwrap()).unwrap();
+    let _ = std::fs::remove_file(&screenshot);
+    // Waits for two updates, notes what the tiles show, then waits for five more.
+    let opts = PageOpts {
+        timeout: Duration::from_secs(30),
+        done_when: Some(format!(
+            "(() => {{ const d = window.dashboard; if (!d || d.updates < 2) return false; \
+             if (!window.__first) window.__first = {{ at: d.updates, shown: {SHOWN_NUMBERS} }}; \
+             return d.updates >= window.__first.at + 5; }})()"
+        )),
+        result: Some(format!(
+            "({{ first: window.__first.shown, last: {SHOWN_NUMBERS}, \
+             charts: Object.fromEntries(Object.entries(window.dashboard.charts).map(([name, u]) => [name, {{ \
+               points: u.data[0].length, \
+               values: u.data.slice(1).map(s => s.filter(v => v != null).length), \
+               max: u.data.slice(1).map(s => Math.max(0, ...s.filter(v => v != null))), \
+               axes: u.axes.slice(1).map(a => a.label), width: u.width }}])), \
+             workers: [...document.querySelectorAll('#workers tr')].map(r => [...r.cells].map(c => c.textContent)), \
+             topics: [...document.querySelectorAll('#topics tr')].map(r => [...r.cells].map(c => c.textContent)), \
+             cluster: document.getElementById('cluster').textContent }})"
+        )),
+        screenshot: Some(screenshot.clone()),
+        viewport: Some((1400, 1000)),
+        ..PageOpts::default()
+    };
+    let result = run_page(&format!("http://127.0.0.1:{}/?token=look", service.port), &opts);
+    stop.store(true, Ordering::Relaxed);
+    let published = publisher.join().unwrap();
+    assert!(published > 100, "the publisher kept the load on: {published} messages");
+
+    for (name, chart) in result["charts"].as_object().unwrap() {
+        assert!(chart["points"].as_u64().unwrap() >= 6, "{name}: {chart}");
+        assert!(chart["width"].as_u64().unwrap() >= 300, "{name}: {chart}");
+        for (series, values) in chart["values"].as_array().unwrap().iter().enumerate() {
+            assert!(values.as_u64().unwrap() >= 5, "{name} series {series} has data points: {chart}");
+        }
+        assert!(chart["axes"].as_array().unwrap().iter().all(|l| !l.as_str().unwrap_or("").is_empty()), "{chart}");
+    }
+    let charts = &result["charts"];
+    assert_eq!(charts.as_object().unwrap().len(), 6, "{charts}");
+    assert!(
+        charts["connections"]["max"][0].as_f64().unwrap() >= 37.0,
+        "35 subscribers, the publisher, the page: {charts}"
+    );
+    assert!(charts["messages"]["max"][0].as_f64().unwrap() >= 1000.0, "deliveries/s under load: {charts}");
+    assert!(charts["messages"]["max"][1].as_f64().unwrap() >= 50.0, "publishes/s received: {charts}");
+    assert!(charts["bytes"]["max"][0].as_f64().unwrap() >= 100_000.0, "{charts}");
+    assert!(charts["latency"]["max"][1].as_f64().unwrap() > 0.0, "p99 in ms: {charts}");
+    assert_eq!(charts["messages"]["axes"][0], "deliveries / s");
+    assert_eq!(charts["latency"]["axes"][0], "latency");
+
+    // The numbers move: more deliveries and bytes shown at the end than five updates earlier.
+    let (first, last) = (&result["first"], &result["last"]);
+    for caption in ["s-out", "s-in", "s-bytes"] {
+        assert_ne!(first[caption], last[caption], "{caption} did not move: {first} → {last}");
+    }
+    assert!(leading_number(last["s-out"].as_str().unwrap()) > leading_number(first["s-out"].as_str().unwrap()));
+    assert_eq!(last["v-websockets"], "37", "{last}");
+
+    assert_eq!(result["workers"].as_array().unwrap().len(), 2, "one row per worker: {result}");
+    assert!(["io_uring", "epoll"].contains(&result["workers"][0][1].as_str().unwrap()), "backend: {result}");
+    assert_eq!(result["topics"].to_string(), r#"[["prices","30"],["news","5"]]"#, "busiest first: {result}");
+    assert!(result["cluster"].as_str().unwrap().contains("Not in a cluster"), "{result}");
+
+    let png = std::fs::read(&screenshot).expect("screenshot saved");
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 20_000, "a real screenshot: {} bytes", png.len());
+    eprintln!("dashboard screenshot: {}", screenshot.display());
+}
+
+#[test]
+fn admin_token_guards_the_dashboard_and_its_feed() {
+    let service = Service::start(&["--admin-token", "look"]);
+    assert_eq!(service.http("GET", "/", b"").0, 401);
+    assert_eq!(service.http("GET", "/?token=nope", b"").0, 403);
+    let (status, body) = service.http("GET", "/?token=look", b"");
     assert_eq!(status, 200);
-    assert!(body.contains("<title>ringcast status</title>"));
+    assert!(
+        body.contains("<title>ringcast dashboard</title>") && body.contains("uPlot"),
+        "the page, with uPlot inlined"
+    );
+    assert!(!body.contains("<script src=") && !body.contains("<link"), "nothing loaded from elsewhere");
+    let mut peer = Peer::python();
+    assert_eq!(peer.try_connect("a", &service.url("/_status"), &ConnectOpts::new()).unwrap_err().status, Some(401));
+    assert_eq!(
+        peer.try_connect("b", &service.url("/_status?token=no"), &ConnectOpts::new()).unwrap_err().status,
+        Some(403)
+    );
+    peer.connect("c", &service.url("/_status"), &ConnectOpts::new().header("Authorization", "Bearer look"));
+    let history = peer.expect_text("c");
+    assert!(history.starts_with(r#"{"history":["#), "{history}");
+    let live = peer.expect_text("c");
+    assert!(live.starts_with(r#"{"time_ms":"#) && live.contains(r#""mode":"broadcast""#), "{live}");
+    // The token guards the dashboard only.
+    assert_eq!(service.http("GET", "/metrics", b"").0, 200);
     drop(service);
+
+    let open = Service::start(&[]);
+    assert_eq!(open.http("GET", "/", b"").0, 200, "no token configured: open");
+    drop(open);
     let quiet = Service::start(&["--status-page", "false"]);
     assert_eq!(quiet.http("GET", "/", b"").0, 426, "a plain GET on the WebSocket path asks for an upgrade");
 }

@@ -2,9 +2,11 @@
 //! `/usr/bin/chromium`; no browser download ever).
 //!
 //! The page reports back by setting `window.__result = ...` (any JSON value) and then
-//! `window.__done = true`.
+//! `window.__done = true`; a test of a page it does not control (a server's own page)
+//! gives [`PageOpts::done_when`] and [`PageOpts::result`] expressions instead.
 
 use std::io::Read;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,11 +24,27 @@ pub struct PageOpts {
     pub ignore_certificate_errors: bool,
     /// Extra Chromium flags.
     pub chromium_args: Vec<String>,
+    /// A JavaScript expression polled until it is true, instead of `window.__done === true`.
+    pub done_when: Option<String>,
+    /// A JavaScript expression whose (JSON) value is the result, instead of `window.__result`.
+    pub result: Option<String>,
+    /// Save a full-page PNG here once the page is done (or timed out).
+    pub screenshot: Option<PathBuf>,
+    /// The window's size in CSS pixels (default 1280 × 720).
+    pub viewport: Option<(u32, u32)>,
 }
 
 impl Default for PageOpts {
     fn default() -> Self {
-        PageOpts { timeout: Duration::from_secs(15), ignore_certificate_errors: false, chromium_args: Vec::new() }
+        PageOpts {
+            timeout: Duration::from_secs(15),
+            ignore_certificate_errors: false,
+            chromium_args: Vec::new(),
+            done_when: None,
+            result: None,
+            screenshot: None,
+            viewport: None,
+        }
     }
 }
 
@@ -86,6 +104,18 @@ pub fn try_run_page(page: &str, opts: &PageOpts) -> Result<PageReport, Error> {
     }
     for a in &opts.chromium_args {
         cmd.arg("--chromium-arg").arg(a);
+    }
+    if let Some(expression) = &opts.done_when {
+        cmd.arg("--done-when").arg(expression);
+    }
+    if let Some(expression) = &opts.result {
+        cmd.arg("--result").arg(expression);
+    }
+    if let Some(path) = &opts.screenshot {
+        cmd.arg("--screenshot").arg(path);
+    }
+    if let Some((width, height)) = opts.viewport {
+        cmd.arg("--viewport").arg(format!("{width}x{height}"));
     }
     let result = run_browser(cmd, opts.timeout + Duration::from_secs(40));
     if let Some(d) = html_dir {

@@ -69,3 +69,28 @@ fn unfinished_page_fails_within_its_timeout() {
     assert!(r.console.iter().any(|c| c.contains("still running")), "{r:?}");
     assert!(t0.elapsed() < Duration::from_secs(30));
 }
+
+#[test]
+fn done_when_result_and_screenshot_options_drive_a_page_that_knows_nothing_of_the_harness() {
+    let page = r#"<!doctype html><meta charset="utf-8"><h1 id="n">0</h1><script>
+window.ticks = 0;
+setInterval(() => { window.ticks += 1; document.getElementById("n").textContent = window.ticks; }, 50);
+</script>"#;
+    let dir = testkit::temp_dir("screenshot");
+    let png = dir.join("page.png");
+    let opts = PageOpts {
+        done_when: Some("window.ticks >= 3".into()),
+        result: Some("({ ticks: window.ticks, shown: document.getElementById('n').textContent })".into()),
+        screenshot: Some(png.clone()),
+        viewport: Some((400, 300)),
+        ..PageOpts::default()
+    };
+    let result = run_page(page, &opts);
+    assert!(result["ticks"].as_u64().unwrap() >= 3, "{result}");
+    assert_eq!(result["shown"].as_str().unwrap().parse::<u64>().ok(), result["ticks"].as_u64(), "{result}");
+    let image = std::fs::read(&png).expect("screenshot written");
+    assert!(image.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    // The IHDR chunk holds the width: the viewport's (one device pixel per CSS pixel).
+    assert_eq!(u32::from_be_bytes(image[16..20].try_into().unwrap()), 400);
+    let _ = std::fs::remove_dir_all(dir);
+}
