@@ -21,6 +21,10 @@ use crate::utf8::{Utf8Bytes, Utf8Validator};
 
 /// Limits and modes of a [`Decoder`], built in the style of a builder.
 ///
+/// Kept in 12 bytes, since every connection's decoder holds one: the size limits are
+/// stored as `u32`, so a limit above 4 GiB − 1 is that (no WebSocket endpoint should
+/// buffer more in one message anyway).
+///
 /// ```
 /// use ringcast_codec::{DecoderConfig, Role};
 /// let config = DecoderConfig::new(Role::Server).max_message_size(1 << 20).max_frame_size(64 << 10);
@@ -28,30 +32,38 @@ use crate::utf8::{Utf8Bytes, Utf8Validator};
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecoderConfig {
-    rules: FrameRules,
-    max_message_size: usize,
+    max_frame_size: u32,
+    max_message_size: u32,
+    require_mask: Option<bool>,
+    allowed_rsv: u8,
     assembly: Assembly,
+}
+
+const fn clamp_u32(bytes: usize) -> u32 {
+    if bytes > u32::MAX as usize { u32::MAX } else { bytes as u32 }
 }
 
 impl DecoderConfig {
     /// Strict RFC 6455 rules for `role`, with 16 MiB frame and message limits.
     pub const fn new(role: Role) -> Self {
         DecoderConfig {
-            rules: FrameRules::for_role(role, 16 << 20),
+            max_frame_size: 16 << 20,
             max_message_size: 16 << 20,
+            require_mask: Some(role.expects_masked_input()),
+            allowed_rsv: 0,
             assembly: Assembly::Messages,
         }
     }
 
-    /// The largest payload one frame may declare.
+    /// The largest payload one frame may declare (at most 4 GiB − 1).
     pub const fn max_frame_size(mut self, bytes: usize) -> Self {
-        self.rules.max_frame_size = bytes;
+        self.max_frame_size = clamp_u32(bytes);
         self
     }
 
-    /// The largest message, all fragments together.
+    /// The largest message, all fragments together (at most 4 GiB − 1).
     pub const fn max_message_size(mut self, bytes: usize) -> Self {
-        self.max_message_size = bytes;
+        self.max_message_size = clamp_u32(bytes);
         self
     }
 
@@ -64,29 +76,33 @@ impl DecoderConfig {
     /// Whether input frames must be masked (`Some(true)`), must not be (`Some(false)`),
     /// or either is accepted (`None`). The role sets the strict default.
     pub const fn require_mask(mut self, require: Option<bool>) -> Self {
-        self.rules.require_mask = require;
+        self.require_mask = require;
         self
     }
 
     /// RSV bits an extension negotiated for this connection may set.
     pub const fn allowed_rsv(mut self, bits: u8) -> Self {
-        self.rules.allowed_rsv = bits;
+        self.allowed_rsv = bits;
         self
     }
 
     /// The configured message size limit.
     pub const fn max_message_size_limit(&self) -> usize {
-        self.max_message_size
+        self.max_message_size as usize
     }
 
     /// The configured frame size limit.
     pub const fn max_frame_size_limit(&self) -> usize {
-        self.rules.max_frame_size
+        self.max_frame_size as usize
     }
 
     /// The header rules this configuration applies.
-    pub const fn frame_rules(&self) -> &FrameRules {
-        &self.rules
+    pub const fn frame_rules(&self) -> FrameRules {
+        FrameRules {
+            require_mask: self.require_mask,
+            allowed_rsv: self.allowed_rsv,
+            max_frame_size: self.max_frame_size as usize,
+        }
     }
 
     /// How data frames are delivered.
@@ -286,7 +302,7 @@ impl Decoder {
         if gathering {
             return Ok(false);
         }
-        let header = match FrameHeader::parse(buf, &self.config.rules) {
+        let header = match FrameHeader::parse(buf, &self.config.frame_rules()) {
             Ok(HeaderParse::Incomplete { .. }) => return Ok(true),
             Ok(HeaderParse::Complete { header, header_len }) => {
                 let available = buf.len() - header_len;
@@ -359,7 +375,7 @@ impl Decoder {
     /// The next header, from the bytes held from the last input and the front of this
     /// one; `None` (with the bytes kept) when the input ends inside it.
     fn next_header(&mut self, input: &mut &mut [u8]) -> Result<Option<FrameHeader>, ProtocolError> {
-        let rules = &self.config.rules;
+        let rules = &self.config.frame_rules();
         if let Some(partial) = self.partial.as_mut().filter(|p| p.header_len > 0) {
             loop {
                 let held = partial.header_len as usize;
@@ -410,7 +426,7 @@ impl Decoder {
     /// sequencing errors and oversized messages are refused without buffering anything;
     /// returns the message's declared length with this frame.
     fn admit_check(&self, header: &FrameHeader) -> Result<u64, ProtocolError> {
-        let max = self.config.max_message_size;
+        let max = self.config.max_message_size_limit();
         let so_far = match (header.opcode, self.message()) {
             (opcode, _) if opcode.is_control() => return Ok(0),
             (OpCode::Continuation, None) => return Err(ProtocolError::UnexpectedContinuation),

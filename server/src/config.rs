@@ -116,8 +116,8 @@ impl Default for Config {
             max_http_body: 1 << 20,
             share_port: false,
             keep_request: false,
-            recv_buffers: 256,
-            recv_buffer_size: 32 << 10,
+            recv_buffers: 64,
+            recv_buffer_size: 64 << 10,
             epoch: std::time::Instant::now(),
         }
     }
@@ -348,9 +348,10 @@ impl ServerBuilder {
     }
 
     /// The io_uring backend's receive buffers, shared by all connections of a shard:
-    /// at most `count` buffers of `size` bytes each (default 256 × 32 KiB). Only as many
+    /// at most `count` buffers of `size` bytes each (default 64 × 64 KiB). Only as many
     /// as the traffic needs are handed to the kernel, so an idle shard touches few of
-    /// them; a frame larger than one buffer is gathered into its connection.
+    /// them; receives fill each buffer one after another (Linux 6.12 and later), and a
+    /// frame split across two receives is gathered into its connection.
     pub fn recv_buffers(mut self, count: u16, size: usize) -> Self {
         self.config.recv_buffers = count.clamp(2, 32768);
         self.config.recv_buffer_size = size.clamp(256, u32::MAX as usize);

@@ -196,17 +196,17 @@ impl<D> Connection<'_, D> {
     /// [`Target::Topic`] (from any shard) reach it. Returns `false` if it was already
     /// subscribed or is not open.
     pub fn subscribe(&mut self, topic: &str) -> bool {
-        if !self.conn.is_open() || self.conn.topics.contains(topic) {
+        if !self.conn.is_open() || self.conn.is_subscribed(topic) {
             return false;
         }
         let name = self.shard.topics.insert(topic, self.conn.id());
-        self.conn.topics.push(name);
+        self.conn.add_topic(name);
         true
     }
 
     /// Unsubscribes this connection from `topic`. Returns `false` if it was not subscribed.
     pub fn unsubscribe(&mut self, topic: &str) -> bool {
-        if !self.conn.topics.remove(topic) {
+        if !self.conn.remove_topic(topic) {
             return false;
         }
         self.shard.topics.remove(topic, self.conn.id());
@@ -215,7 +215,7 @@ impl<D> Connection<'_, D> {
 
     /// The topics this connection is subscribed to.
     pub fn topics(&self) -> impl Iterator<Item = &str> {
-        self.conn.topics.iter()
+        self.conn.topics()
     }
 
     /// A handle for sending to any connection from anywhere, e.g. another thread.
@@ -252,6 +252,6 @@ impl<D> ConnectionRef<'_, D> {
 
     /// The topics the connection is subscribed to.
     pub fn topics(&self) -> impl Iterator<Item = &str> {
-        self.conn.topics.iter()
+        self.conn.topics()
     }
 }

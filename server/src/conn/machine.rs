@@ -96,38 +96,23 @@ impl PeerAddr {
     }
 }
 
-/// The topics a connection subscribed to (the shard's index has the reverse map), with
-/// nothing allocated for a connection that has none.
+/// What a connection rarely needs: kept behind one pointer, allocated while any of it
+/// is set, so that an idle connection pays 8 bytes for all of it.
 #[derive(Debug, Default)]
-#[expect(clippy::box_collection, reason = "8 bytes in every connection instead of 24; many never subscribe")]
-pub(crate) struct Subscriptions(Option<Box<Vec<Rc<str>>>>);
+struct Cold {
+    /// The upgrade request, while it is kept.
+    request: Option<Box<Request>>,
+    /// Set by whoever decides the connection must end, before it actually does.
+    end_reason: Option<DisconnectReason>,
+    /// The code of the peer's close frame, once received.
+    peer_close: Option<CloseCode>,
+    /// The topics this connection subscribed to (the shard's index has the reverse map).
+    topics: Vec<Rc<str>>,
+}
 
-impl Subscriptions {
-    pub(crate) fn contains(&self, topic: &str) -> bool {
-        self.iter().any(|t| t == topic)
-    }
-
-    pub(crate) fn push(&mut self, topic: Rc<str>) {
-        self.0.get_or_insert_with(Box::default).push(topic);
-    }
-
-    /// Removes `topic`; `false` if it was not there.
-    pub(crate) fn remove(&mut self, topic: &str) -> bool {
-        let Some(topics) = self.0.as_mut() else { return false };
-        let Some(position) = topics.iter().position(|t| &**t == topic) else { return false };
-        topics.swap_remove(position);
-        if topics.is_empty() {
-            self.0 = None;
-        }
-        true
-    }
-
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &str> {
-        self.0.iter().flat_map(|topics| topics.iter().map(|t| &**t))
-    }
-
-    pub(crate) fn take(&mut self) -> Vec<Rc<str>> {
-        self.0.take().map(|topics| *topics).unwrap_or_default()
+impl Cold {
+    fn is_empty(&self) -> bool {
+        self.request.is_none() && self.end_reason.is_none() && self.peer_close.is_none() && self.topics.is_empty()
     }
 }
 
@@ -205,17 +190,12 @@ pub(crate) struct Conn<D> {
     close_sent: bool,
     close_received: bool,
     ping_outstanding: bool,
-    /// The code of the peer's close frame, once received.
-    peer_close: Option<CloseCode>,
     /// When the handshake, close reply, pong or drain must have finished.
     deadline: Millis,
     /// The deadline the shard's timer queue holds this connection at.
     scheduled: Millis,
     last_read: Millis,
-    /// Set by whoever decides the connection must end, before it actually does.
-    end_reason: Option<Box<DisconnectReason>>,
-    request: Option<Box<Request>>,
-    pub(crate) topics: Subscriptions,
+    cold: Option<Box<Cold>>,
     /// The application's per-connection data.
     pub(crate) data: D,
 }
@@ -282,13 +262,10 @@ impl<D> Conn<D> {
             close_sent: false,
             close_received: false,
             ping_outstanding: false,
-            peer_close: None,
             deadline: Millis::at(now + config.handshake_timeout, config),
             scheduled: Millis::NEVER,
             last_read: Millis::at(now, config),
-            end_reason: None,
-            request: None,
-            topics: Subscriptions::default(),
+            cold: None,
             data,
         }
     }
@@ -311,23 +288,73 @@ impl<D> Conn<D> {
         self.deadline = Millis::NEVER;
     }
 
+    fn cold(&mut self) -> &mut Cold {
+        self.cold.get_or_insert_with(Box::default)
+    }
+
+    /// Frees the cold part once nothing in it is set.
+    fn trim_cold(&mut self) {
+        if self.cold.as_ref().is_some_and(|cold| cold.is_empty()) {
+            self.cold = None;
+        }
+    }
+
     /// Records why the connection will end, unless a reason is recorded already.
     fn record_end(&mut self, reason: DisconnectReason) {
-        self.end_reason.get_or_insert_with(|| Box::new(reason));
+        self.cold().end_reason.get_or_insert(reason);
     }
 
     fn take_end(&mut self) -> Option<DisconnectReason> {
-        self.end_reason.take().map(|reason| *reason)
+        let reason = self.cold.as_mut().and_then(|cold| cold.end_reason.take());
+        self.trim_cold();
+        reason
+    }
+
+    fn peer_close(&self) -> Option<CloseCode> {
+        self.cold.as_ref().and_then(|cold| cold.peer_close)
     }
 
     /// The upgrade request, while it is kept.
     pub(crate) fn request(&self) -> Option<&Request> {
-        self.request.as_deref()
+        self.cold.as_ref().and_then(|cold| cold.request.as_deref())
     }
 
     /// Forgets the upgrade request (it is kept only as long as the server is asked to).
     pub(crate) fn drop_request(&mut self) {
-        self.request = None;
+        if let Some(cold) = self.cold.as_mut() {
+            cold.request = None;
+        }
+        self.trim_cold();
+    }
+
+    /// The topics this connection subscribed to.
+    pub(crate) fn topics(&self) -> impl Iterator<Item = &str> {
+        self.cold.iter().flat_map(|cold| cold.topics.iter().map(|t| &**t))
+    }
+
+    pub(crate) fn is_subscribed(&self, topic: &str) -> bool {
+        self.topics().any(|t| t == topic)
+    }
+
+    /// Records a subscription (the name shared with the shard's index).
+    pub(crate) fn add_topic(&mut self, topic: Rc<str>) {
+        self.cold().topics.push(topic);
+    }
+
+    /// Forgets a subscription; `false` if there was none.
+    pub(crate) fn remove_topic(&mut self, topic: &str) -> bool {
+        let Some(cold) = self.cold.as_mut() else { return false };
+        let Some(position) = cold.topics.iter().position(|t| &**t == topic) else { return false };
+        cold.topics.swap_remove(position);
+        self.trim_cold();
+        true
+    }
+
+    /// Every subscription, taken (when the connection ends).
+    pub(crate) fn take_topics(&mut self) -> Vec<Rc<str>> {
+        let topics = self.cold.as_mut().map(|cold| std::mem::take(&mut cold.topics)).unwrap_or_default();
+        self.trim_cold();
+        topics
     }
 
     /// Whether the connection is upgraded and has not sent a close frame: data may be queued.
@@ -495,7 +522,7 @@ impl<D> Conn<D> {
             Ok(Some(Incoming::Close(frame))) => {
                 self.close_received = true;
                 let code = frame.as_ref().map_or(CloseCode::Status, |f| f.code);
-                self.peer_close = Some(code);
+                self.cold().peer_close = Some(code);
                 *input = &mut [];
                 if self.close_sent {
                     // The reply to our close: the handshake is complete. A close the
@@ -509,7 +536,7 @@ impl<D> Conn<D> {
             Err(error) => {
                 *input = &mut [];
                 let close = PreparedMessage::close(error.close_code(), &error.to_string()).into_bytes();
-                self.end_reason = Some(Box::new(DisconnectReason::Protocol(error.clone())));
+                self.cold().end_reason = Some(DisconnectReason::Protocol(error.clone()));
                 self.push_close(close, now, config);
                 self.drain(DisconnectReason::Protocol(error.clone()), now, config);
                 Some(Event::ProtocolError(error))
@@ -527,7 +554,7 @@ impl<D> Conn<D> {
         self.phase = Phase::Open;
         self.opened = true;
         self.clear_deadline();
-        self.request = Some(request);
+        self.cold().request = Some(request);
     }
 
     /// Refuses the upgrade with `status`; the connection ends once the answer is written.
@@ -554,7 +581,7 @@ impl<D> Conn<D> {
         if self.is_finished() || !self.close_received {
             return;
         }
-        let code = self.peer_close.unwrap_or(CloseCode::Status);
+        let code = self.peer_close().unwrap_or(CloseCode::Status);
         if !self.close_sent && !config.options.manual_close {
             let reply = PreparedMessage::close(code, "").into_bytes();
             self.push_close(reply, now, config);
@@ -623,7 +650,7 @@ impl<D> Conn<D> {
         }
         self.push_close(frame, now, config);
         if self.close_received {
-            let code = self.peer_close.unwrap_or(CloseCode::Status);
+            let code = self.peer_close().unwrap_or(CloseCode::Status);
             self.drain(DisconnectReason::Closed(code), now, config);
         }
         Ok(())
@@ -704,6 +731,18 @@ impl<D> Conn<D> {
             return true;
         }
         false
+    }
+
+    /// For the shard's timer queue: the connection has no deadline any more; `true` if it
+    /// was queued somewhere (that entry is now garbage).
+    pub(crate) fn unschedule(&mut self) -> bool {
+        std::mem::replace(&mut self.scheduled, Millis::NEVER) != Millis::NEVER
+    }
+
+    /// For the shard's timer queue: whether an entry for `at` is the one the connection
+    /// is queued at.
+    pub(crate) fn is_scheduled_at(&self, at: Instant, config: &Config) -> bool {
+        Millis::at(at, config) == self.scheduled
     }
 
     /// For the shard's timer queue: an entry for `at` came due; `true` if it is the one

@@ -154,8 +154,10 @@ impl SendQueue {
             }
             self.frames.pop_front();
         }
-        if self.frames.is_empty() && self.frames.capacity() > 16 {
-            // A burst is over: do not keep its slots on every connection.
+        // Give the slots back when a burst is over, and when the queue only ever carried
+        // bytes that are not deliveries (the upgrade's answer): a connection that goes
+        // quiet after its handshake then holds no queue memory at all.
+        if self.frames.is_empty() && (self.frames.capacity() > 16 || delivered.messages == 0) {
             self.frames = VecDeque::new();
         }
         delivered

@@ -112,7 +112,7 @@ impl Ring {
     /// start, rather than on the first client.
     fn self_test(&mut self, config: &Config) -> io::Result<()> {
         let (a, b) = std::os::unix::net::UnixStream::pair()?;
-        let mut buffers = BufRing::new(&self.ring, 2, 64, BUFFER_GROUP + 1)?;
+        let mut buffers = BufRing::new(&self.ring, 2, 4096, BUFFER_GROUP + 1)?;
         let _ = config;
         buffers.replenish();
         let _keep_alive = &b;
@@ -145,6 +145,11 @@ impl Ring {
 /// LIFO stack of returned buffers, so a quiet shard keeps touching the same few pages
 /// and an idle server does not grow its resident memory by the whole pool. When the
 /// kernel runs out (`ENOBUFS`) the target doubles, up to the pool size.
+///
+/// Where the kernel has it (Linux 6.12), buffers are consumed incrementally
+/// (`IOU_PBUF_RING_INC`): receives fill a buffer one after another instead of taking a
+/// whole buffer each, so small reads (handshakes, chat messages) pack densely and a
+/// large message lands in one piece.
 struct BufRing {
     /// The ring entries (page-aligned, `ring_entries` of them) shared with the kernel.
     entries: NonNull<BufRingEntry>,
@@ -162,7 +167,13 @@ struct BufRing {
     posted: usize,
     target: usize,
     group: u16,
+    /// Incremental consumption: where the next receive into each buffer starts.
+    incremental: bool,
+    offsets: Vec<u32>,
 }
+
+/// `IOU_PBUF_RING_INC`, which the io-uring crate does not re-export.
+const PBUF_RING_INC: u16 = 2;
 
 fn page_layout(bytes: usize) -> Layout {
     // 4096 divides every page size Linux uses; the kernel requires the ring entries to
@@ -172,6 +183,7 @@ fn page_layout(bytes: usize) -> Layout {
 
 impl BufRing {
     fn new(ring: &IoUring, count: u16, size: usize, group: u16) -> io::Result<BufRing> {
+        let size = size.min(u32::MAX as usize);
         let ring_entries = count.next_power_of_two();
         let entries_layout = page_layout(ring_entries as usize * std::mem::size_of::<BufRingEntry>());
         let memory_layout = page_layout(count as usize * size);
@@ -180,7 +192,7 @@ impl BufRing {
         let (Some(entries), Some(memory)) = (NonNull::new(entries.cast::<BufRingEntry>()), NonNull::new(memory)) else {
             return Err(io::Error::from(io::ErrorKind::OutOfMemory));
         };
-        let buffers = BufRing {
+        let mut buffers = BufRing {
             entries,
             ring_entries,
             memory,
@@ -189,13 +201,23 @@ impl BufRing {
             tail: 0,
             free: (0..count).rev().collect(),
             posted: 0,
-            target: (count as usize).min(32),
+            target: (count as usize).min(4),
             group,
+            incremental: true,
+            offsets: vec![0; count as usize],
         };
-        // SAFETY: `entries` points to `ring_entries` zeroed, page-aligned entries that
-        // stay allocated until `Drop` runs, which unregisters the ring first (the driver
-        // drops the buffer ring before the `IoUring`, see `UringDriver`'s field order).
-        unsafe { ring.submitter().register_buf_ring_with_flags(entries.as_ptr() as u64, ring_entries, group, 0) }?;
+        let register = |flags| {
+            // SAFETY: `entries` points to `ring_entries` zeroed, page-aligned entries that
+            // stay allocated until `Drop` runs, after the ring is unregistered (the
+            // driver's `Drop` unregisters it).
+            unsafe {
+                ring.submitter().register_buf_ring_with_flags(entries.as_ptr() as u64, ring_entries, group, flags)
+            }
+        };
+        if register(PBUF_RING_INC).is_err() {
+            buffers.incremental = false;
+            register(0)?;
+        }
         Ok(buffers)
     }
 
@@ -232,19 +254,29 @@ impl BufRing {
         }
     }
 
-    /// The kernel filled buffer `bid` with `len` bytes and handed it back.
-    ///
-    /// The slice is valid until `recycle(bid)`.
-    fn take(&mut self, bid: u16, len: usize) -> Option<&mut [u8]> {
-        if bid >= self.count || len > self.size {
+    /// The kernel wrote `len` bytes into buffer `bid` (after what earlier receives put
+    /// there, with incremental consumption); `done`: it will not use the buffer again
+    /// until it is posted anew. Returns the bytes, valid until the next call.
+    fn take(&mut self, bid: u16, len: usize, done: bool) -> Option<&mut [u8]> {
+        let offset = *self.offsets.get(bid as usize)? as usize;
+        if offset + len > self.size {
             return None;
         }
-        self.posted = self.posted.saturating_sub(1);
-        // SAFETY: buffer `bid` lies inside `memory` (bid < count, len ≤ size); the kernel
-        // handed it back in a completion and does not write it again until it is posted
-        // anew, which only `replenish` does after `recycle`; no other slice of it exists
-        // because each completion's buffer is taken once and recycled before the next.
-        Some(unsafe { std::slice::from_raw_parts_mut(self.memory.as_ptr().add(bid as usize * self.size), len) })
+        if done {
+            self.posted = self.posted.saturating_sub(1);
+            self.offsets[bid as usize] = 0;
+        } else {
+            self.offsets[bid as usize] = (offset + len) as u32;
+        }
+        let start = bid as usize * self.size + offset;
+        // SAFETY: the bytes lie inside `memory` (bid < count, offset + len ≤ size). The
+        // kernel wrote them before posting this completion and never writes a buffer's
+        // bytes below its consumed offset again: with incremental consumption it only
+        // appends past `offset + len`, and once `done` it does not touch the buffer
+        // until `replenish` posts it anew, which follows `recycle`. No other slice of
+        // these bytes exists: each completion's bytes are taken once, and the slice
+        // handed out here is dropped before the next completion is handled.
+        Some(unsafe { std::slice::from_raw_parts_mut(self.memory.as_ptr().add(start), len) })
     }
 
     /// Buffer `bid` is free again.
@@ -321,10 +353,10 @@ impl WriteOp {
 
 // ---------------------------------------------------------------------- connections
 
-/// The driver's state of one connection.
+/// The driver's state of one connection (its TLS session, if any, is in the driver's
+/// `sessions`: most connections are plain and should not pay for the pointer).
 pub(crate) struct UringIo {
     fd: OwnedFd,
-    tls: Option<Box<TlsState>>,
     /// The write in flight, if any (at most one per connection).
     write: Option<Box<WriteOp>>,
     /// A multishot recv is armed.
@@ -352,6 +384,8 @@ pub(crate) struct UringDriver<H: Handler> {
     accept_armed: bool,
     accept_retry: Option<Instant>,
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// The TLS sessions of wss connections, by slot.
+    sessions: std::collections::HashMap<usize, Box<TlsState>>,
     /// The eventfd read's destination. Leaked on purpose (8 bytes per shard): the read
     /// stays armed until the ring is torn down, which the kernel finishes after the
     /// driver is gone, so this memory must never be freed.
@@ -389,6 +423,7 @@ impl<H: Handler> UringDriver<H> {
             accept_armed: false,
             accept_retry: None,
             tls,
+            sessions: std::collections::HashMap::new(),
             wake_buf: Box::leak(Box::new([0; 8])),
             completions: Vec::with_capacity(1024),
             rearm: Vec::new(),
@@ -572,8 +607,11 @@ impl<H: Handler> UringDriver<H> {
                 return self.shard_release_admission();
             }
         };
-        let io = UringIo { fd, tls, write: None, recv_armed: false, closing: false };
+        let io = UringIo { fd, write: None, recv_armed: false, closing: false };
         let key = self.shard.accept(io, peer, now);
+        if let Some(tls) = tls {
+            self.sessions.insert(key, tls);
+        }
         self.arm_recv(key);
     }
 
@@ -585,8 +623,13 @@ impl<H: Handler> UringDriver<H> {
     fn on_recv(&mut self, key: usize, result: i32, flags: u32, now: Instant) {
         let more = cqueue::more(flags);
         let bid = cqueue::buffer_select(flags);
+        // Incremental consumption: the kernel keeps filling this buffer.
+        let done = !cqueue::buffer_more(flags);
         let Some(slot) = self.shard.slot_mut(key) else {
-            if let Some(bid) = bid {
+            if let Some(bid) = bid
+                && self.buffers.take(bid, result.max(0) as usize, done).is_some()
+                && done
+            {
                 self.buffers.recycle(bid);
             }
             return;
@@ -597,8 +640,9 @@ impl<H: Handler> UringDriver<H> {
         let closing = slot.io.closing;
         match (result, bid) {
             (n, Some(bid)) if n > 0 => {
-                if !closing && let Some(input) = self.buffers.take(bid, n as usize) {
-                    match slot.io.tls.as_mut() {
+                let input = self.buffers.take(bid, n as usize, done);
+                if !closing && let Some(input) = input {
+                    match self.sessions.get_mut(&key) {
                         None => self.shard.on_input(key, input, now),
                         Some(tls) => {
                             self.plaintext.clear();
@@ -614,7 +658,9 @@ impl<H: Handler> UringDriver<H> {
                         }
                     }
                 }
-                self.buffers.recycle(bid);
+                if done {
+                    self.buffers.recycle(bid);
+                }
                 if !more && !closing {
                     self.rearm.push(key);
                 }
@@ -713,7 +759,7 @@ impl<H: Handler> UringDriver<H> {
             return;
         }
         let mut op = self.spare_writes.pop().unwrap_or_else(WriteOp::new);
-        if let Some(tls) = slot.io.tls.as_mut() {
+        if let Some(tls) = self.sessions.get_mut(&key) {
             if let Some(encrypted) = tls.encrypt_queued(&mut slot.conn) {
                 match encrypted {
                     Ok(n) => self.shard.on_written(key, n, now),
@@ -723,8 +769,7 @@ impl<H: Handler> UringDriver<H> {
                     }
                 }
             }
-            let Some(slot) = self.shard.slot_mut(key) else { return };
-            let Some(tls) = slot.io.tls.as_mut() else { return };
+            let Some(tls) = self.sessions.get_mut(&key) else { return };
             match tls.take_output() {
                 Ok(true) => {
                     op.ciphertext = Bytes::from(std::mem::take(&mut tls.pending)).slice(tls.pending_sent..);
@@ -765,13 +810,15 @@ impl<H: Handler> UringDriver<H> {
         // TLS counts plaintext as written once encrypted: the records holding the last
         // frames (a close frame, an HTTP answer) may still be waiting. Send them first,
         // for at most the close timeout.
-        if slot.io.tls.is_some() && slot.io.write.is_some() {
+        let tls = self.sessions.get_mut(&key);
+        if tls.is_some() && slot.io.write.is_some() {
             // Those records are being written: shut down when the write completes.
             self.lingering.push((now + self.shard.config().close_timeout, key));
             return;
         }
-        let flush = slot.io.tls.as_mut().is_some_and(|tls| tls.take_output().unwrap_or(false));
-        if flush && let Some(tls) = slot.io.tls.as_mut() {
+        if let Some(tls) = tls
+            && tls.take_output().unwrap_or(false)
+        {
             let mut op = self.spare_writes.pop().unwrap_or_else(WriteOp::new);
             op.ciphertext = Bytes::from(std::mem::take(&mut tls.pending)).slice(tls.pending_sent..);
             tls.pending_sent = 0;
@@ -809,6 +856,7 @@ impl<H: Handler> UringDriver<H> {
         if self.shard.slot_mut(key).is_some_and(|slot| slot.io.closing && slot.io.idle()) {
             // Dropping the io state closes the descriptor.
             drop(self.shard.release(key));
+            self.sessions.remove(&key);
         }
     }
 }
@@ -856,7 +904,7 @@ mod tests {
     #[test]
     fn a_connection_slot_stays_small() {
         let size = std::mem::size_of::<crate::shard::Slot<(), UringIo>>();
-        assert!(size <= 240, "a slot is {size} bytes");
+        assert!(size <= 200, "a slot is {size} bytes");
     }
 
     #[test]
@@ -872,16 +920,21 @@ mod tests {
         let ring = IoUring::new(8).expect("io_uring");
         let mut buffers = BufRing::new(&ring, 64, 128, 7).expect("buffer ring");
         buffers.replenish();
-        assert_eq!(buffers.posted, 32);
-        let slice = buffers.take(0, 100).expect("buffer 0");
-        slice.fill(7);
-        assert_eq!(slice.len(), 100);
+        assert_eq!(buffers.posted, 4, "a small working set first");
+        // Incremental: two receives into buffer 0, the second one finishing it.
+        let first = buffers.take(0, 100, false).expect("buffer 0").as_ptr() as usize;
+        let second = buffers.take(0, 28, true).expect("buffer 0, again").as_ptr() as usize;
+        assert_eq!(second, first + 100, "the second receive continues where the first ended");
         buffers.recycle(0);
-        assert!(buffers.take(64, 1).is_none(), "no such buffer");
-        assert!(buffers.take(1, 129).is_none(), "longer than a buffer");
-        buffers.grow();
+        assert_eq!(buffers.take(0, 10, true).map(|s| s.as_ptr() as usize), Some(first), "back at the start");
+        buffers.recycle(0);
+        assert!(buffers.take(64, 1, true).is_none(), "no such buffer");
+        assert!(buffers.take(1, 129, true).is_none(), "longer than a buffer");
+        for _ in 0..4 {
+            buffers.grow();
+        }
         buffers.replenish();
-        assert_eq!(buffers.posted, 64, "the target doubled to the whole pool, buffer 0 back in it");
+        assert_eq!(buffers.posted, 64, "the target doubled to the whole pool");
         buffers.unregister(&ring);
     }
 }

@@ -62,6 +62,8 @@ pub(crate) struct Shard<H: Handler, I> {
     view: ShardView<H::Data>,
     mailbox: Arc<Mailbox<H::Data>>,
     timers: TimerQueue,
+    /// Entries in `timers` known to be garbage (their connection's deadline went away).
+    stale_timers: usize,
     /// Connections with frames to write, in the order they got them.
     dirty: Vec<usize>,
     /// Connections that ended and whose sockets the driver must close.
@@ -91,6 +93,7 @@ impl<H: Handler, I> Shard<H, I> {
             },
             mailbox,
             timers: TimerQueue::default(),
+            stale_timers: 0,
             dirty: Vec::new(),
             ended: Vec::new(),
             sequence: 0,
@@ -311,6 +314,7 @@ impl<H: Handler, I> Shard<H, I> {
         while let Some((at, key, id)) = self.timers.pop_due(now) {
             let Some(slot) = self.conns.get_mut(key) else { continue };
             if slot.conn.id().as_u64() != id || !slot.conn.take_scheduled(at, &self.view.config) {
+                self.stale_timers = self.stale_timers.saturating_sub(1);
                 continue;
             }
             slot.conn.handle_timeout(&self.view.config, now);
@@ -322,6 +326,15 @@ impl<H: Handler, I> Shard<H, I> {
         {
             self.force_end_all(now);
         }
+    }
+
+    /// Drops the timer entries of connections that are gone or no longer queued there.
+    fn compact_timers(&mut self) {
+        let (conns, config) = (&self.conns, &self.view.config);
+        self.timers.retain(|at, key, id| {
+            conns.get(key).is_some_and(|slot| slot.conn.id().as_u64() == id && slot.conn.is_scheduled_at(at, config))
+        });
+        self.stale_timers = 0;
     }
 
     /// The next instant [`Shard::on_timers`] must run at.
@@ -396,13 +409,23 @@ impl<H: Handler, I> Shard<H, I> {
         let stats = &self.view.stats;
         slot.accounted = track(&stats.queued_bytes, slot.accounted, slot.conn.queued_bytes());
         slot.buffered = track(&stats.buffered_input, slot.buffered, slot.conn.buffered_input());
-        if let Some(at) = slot.conn.poll_timeout(&self.view.config)
-            && slot.conn.schedule(at, &self.view.config)
-        {
-            self.timers.push(at, key, slot.conn.id().as_u64());
+        match slot.conn.poll_timeout(&self.view.config) {
+            Some(at) => {
+                if slot.conn.schedule(at, &self.view.config) {
+                    self.timers.push(at, key, slot.conn.id().as_u64());
+                }
+            }
+            None => {
+                if slot.conn.unschedule() {
+                    self.stale_timers += 1;
+                }
+            }
         }
         if let Some(reason) = slot.conn.poll_end() {
             self.end(key, reason);
+        }
+        if self.stale_timers > 64 && self.stale_timers * 2 > self.timers.len() {
+            self.compact_timers();
         }
     }
 
@@ -423,7 +446,7 @@ impl<H: Handler, I> Shard<H, I> {
         // The handler still sees the connection's topics; the index forgets them after.
         self.dispatch(key, |handler, conn| handler.on_disconnect(conn, &reason));
         if let Some(slot) = self.conns.get_mut(key) {
-            for topic in slot.conn.topics.take() {
+            for topic in slot.conn.take_topics() {
                 self.view.topics.remove(&topic, id);
             }
         }

@@ -42,7 +42,14 @@ impl TimerQueue {
         }
     }
 
-    #[cfg(test)]
+    /// Drops every entry `live` says is garbage (a handshake deadline whose connection
+    /// opened long before it would fire, say), so that they do not sit in memory until
+    /// they come due.
+    pub(crate) fn retain(&mut self, mut live: impl FnMut(Instant, usize, u64) -> bool) {
+        self.heap.retain(|Reverse((at, key, id))| live(*at, *key, *id));
+        self.shrink();
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.heap.len()
     }
