@@ -33,17 +33,10 @@ pub(crate) struct ShardView<D> {
 }
 
 impl<D> ShardView<D> {
-    /// Runs `f` on `conn` and keeps the shard's queued-bytes gauge in step with it.
+    /// Runs `f` on `conn` with the configuration and the event's time. (The shard's
+    /// gauges follow the connection when the handler returns; see `Shard::settle`.)
     pub(crate) fn tracked<R>(&self, conn: &mut Conn<D>, f: impl FnOnce(&mut Conn<D>, &Config, Instant) -> R) -> R {
-        let before = conn.queued_bytes();
-        let result = f(conn, &self.config, self.now);
-        let after = conn.queued_bytes();
-        if after >= before {
-            self.stats.queued_bytes.add((after - before) as u64);
-        } else {
-            self.stats.queued_bytes.sub((before - after) as u64);
-        }
-        result
+        f(conn, &self.config, self.now)
     }
 
     /// Counts the outcome of queuing one delivery.

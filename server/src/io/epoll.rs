@@ -50,6 +50,7 @@ pub(crate) struct EpollDriver<H: Handler> {
     read_again: Vec<usize>,
     /// After accept failed for lack of descriptors: when to try again.
     accept_retry: Option<Instant>,
+    quieting: crate::io::Quieting,
 }
 
 impl<H: Handler> EpollDriver<H> {
@@ -75,6 +76,7 @@ impl<H: Handler> EpollDriver<H> {
             ended: Vec::new(),
             read_again: Vec::new(),
             accept_retry: None,
+            quieting: crate::io::Quieting::new(Instant::now()),
         })
     }
 
@@ -85,6 +87,7 @@ impl<H: Handler> EpollDriver<H> {
             self.shard.on_commands(now);
             self.shard.on_timers(now);
             self.flush(now);
+            self.quieting.observe(self.shard.moved_bytes(), self.shard.held_bytes(), now);
             if self.shard.is_stopping() {
                 if let Some(mut listener) = self.listener.take() {
                     let _ = self.poll.registry().deregister(&mut listener);
@@ -96,7 +99,8 @@ impl<H: Handler> EpollDriver<H> {
                     return;
                 }
             }
-            let deadline = [self.shard.next_deadline(), self.accept_retry].into_iter().flatten().min();
+            let deadline =
+                [self.shard.next_deadline(), self.accept_retry, self.quieting.deadline()].into_iter().flatten().min();
             let mut timeout = deadline.map(|d| d.saturating_duration_since(now));
             if !self.read_again.is_empty() || !self.shard.mailbox().park() {
                 timeout = Some(Duration::ZERO);

@@ -3,6 +3,8 @@
 //! touches a socket.
 
 mod epoll;
+#[allow(unsafe_code)]
+mod memory;
 pub(crate) mod tls;
 #[allow(unsafe_code)]
 mod uring;
@@ -28,6 +30,51 @@ pub(crate) const READ_BUFFER: usize = 64 << 10;
 pub(crate) const BUSY_RESPONSE: &[u8] =
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 25\r\n\
       Connection: close\r\nRetry-After: 1\r\n\r\nconnection limit reached\n";
+
+/// Returns freed heap memory to the kernel once a shard goes quiet after heavy traffic:
+/// frames and gathered messages of a burst are freed when written, but the allocator
+/// keeps their pages.
+#[derive(Debug)]
+pub(crate) struct Quieting {
+    /// Bytes in and out when last checked, and since the last trim.
+    last_moved: u64,
+    moved_since_trim: u64,
+    next_check: Instant,
+}
+
+impl Quieting {
+    /// Traffic since the last trim above which a trim is worth it, and traffic per
+    /// second below which the shard counts as quiet.
+    const BURST: u64 = 16 << 20;
+    const QUIET: u64 = 64 << 10;
+
+    pub(crate) fn new(now: Instant) -> Self {
+        Quieting { last_moved: 0, moved_since_trim: 0, next_check: now + Duration::from_secs(1) }
+    }
+
+    /// Called every turn with the bytes the shard has moved so far (in and out) and the
+    /// bytes it holds now (queued and incomplete input).
+    pub(crate) fn observe(&mut self, moved: u64, held: u64, now: Instant) {
+        if now < self.next_check {
+            return;
+        }
+        self.next_check = now + Duration::from_secs(1);
+        let recent = moved.saturating_sub(self.last_moved);
+        self.last_moved = moved;
+        self.moved_since_trim += recent;
+        tracing::trace!(recent, held, since_trim = self.moved_since_trim, "quieting check");
+        if self.moved_since_trim >= Self::BURST && recent <= Self::QUIET && held <= Self::QUIET {
+            tracing::debug!(moved = self.moved_since_trim, "quiet after heavy traffic: returning free heap memory");
+            memory::release_free_memory();
+            self.moved_since_trim = 0;
+        }
+    }
+
+    /// When `observe` next wants to look, if heavy traffic may still need a trim.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        (self.moved_since_trim > 0).then_some(self.next_check)
+    }
+}
 
 /// An I/O error as a disconnect reason's text.
 pub(crate) fn describe(error: &std::io::Error) -> String {

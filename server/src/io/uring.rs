@@ -34,6 +34,8 @@ use crate::io::{BUSY_RESPONSE, MAX_IOV, describe};
 use crate::shard::{Shard, ShardSetup};
 
 const SQ_ENTRIES: u32 = 2048;
+/// How often the receive buffers' working set is reconsidered.
+const DECAY_PERIOD: Duration = Duration::from_secs(1);
 const CQ_ENTRIES: u32 = 8192;
 /// The buffer group of the shard's receive buffers.
 const BUFFER_GROUP: u16 = 0;
@@ -146,6 +148,11 @@ impl Ring {
 /// and an idle server does not grow its resident memory by the whole pool. When the
 /// kernel runs out (`ENOBUFS`) the target doubles, up to the pool size.
 ///
+/// After a burst the working set shrinks back: once a second without `ENOBUFS` the
+/// target halves, and buffers that fall out of the working set are handed back to the
+/// kernel (`MADV_DONTNEED`), so the server's resident memory returns to what the
+/// traffic now needs.
+///
 /// Where the kernel has it (Linux 6.12), buffers are consumed incrementally
 /// (`IOU_PBUF_RING_INC`): receives fill a buffer one after another instead of taking a
 /// whole buffer each, so small reads (handshakes, chat messages) pack densely and a
@@ -170,7 +177,18 @@ struct BufRing {
     /// Incremental consumption: where the next receive into each buffer starts.
     incremental: bool,
     offsets: Vec<u32>,
+    /// Buffers whose pages may be resident (touched since last handed back).
+    warm: Vec<bool>,
+    /// The kernel ran out of buffers since the last `decay`.
+    short: bool,
+    /// Receives since the last `decay`.
+    received: usize,
+    /// Registration flags, to register the ring again when taking buffers back.
+    flags: u16,
 }
+
+/// The working set a quiet shard keeps posted.
+const MIN_POSTED: usize = 4;
 
 /// `IOU_PBUF_RING_INC`, which the io-uring crate does not re-export.
 const PBUF_RING_INC: u16 = 2;
@@ -183,7 +201,8 @@ fn page_layout(bytes: usize) -> Layout {
 
 impl BufRing {
     fn new(ring: &IoUring, count: u16, size: usize, group: u16) -> io::Result<BufRing> {
-        let size = size.min(u32::MAX as usize);
+        // Whole pages, so that a buffer's pages can be handed back on their own.
+        let size = size.min(u32::MAX as usize).next_multiple_of(4096);
         let ring_entries = count.next_power_of_two();
         let entries_layout = page_layout(ring_entries as usize * std::mem::size_of::<BufRingEntry>());
         let memory_layout = page_layout(count as usize * size);
@@ -201,10 +220,14 @@ impl BufRing {
             tail: 0,
             free: (0..count).rev().collect(),
             posted: 0,
-            target: (count as usize).min(4),
+            target: (count as usize).min(MIN_POSTED),
             group,
             incremental: true,
             offsets: vec![0; count as usize],
+            warm: vec![false; count as usize],
+            short: false,
+            received: 0,
+            flags: PBUF_RING_INC,
         };
         let register = |flags| {
             // SAFETY: `entries` points to `ring_entries` zeroed, page-aligned entries that
@@ -216,6 +239,7 @@ impl BufRing {
         };
         if register(PBUF_RING_INC).is_err() {
             buffers.incremental = false;
+            buffers.flags = 0;
             register(0)?;
         }
         Ok(buffers)
@@ -244,6 +268,7 @@ impl BufRing {
             entry.set_addr(self.memory.as_ptr() as u64 + bid as u64 * self.size as u64);
             entry.set_len(self.size as u32);
             entry.set_bid(bid);
+            self.warm[bid as usize] = true;
             self.tail = self.tail.wrapping_add(1);
             self.posted += 1;
             added = true;
@@ -262,6 +287,7 @@ impl BufRing {
         if offset + len > self.size {
             return None;
         }
+        self.received += 1;
         if done {
             self.posted = self.posted.saturating_sub(1);
             self.offsets[bid as usize] = 0;
@@ -286,7 +312,86 @@ impl BufRing {
 
     /// The kernel ran out of buffers: post more from now on.
     fn grow(&mut self) {
+        self.short = true;
         self.target = (self.target * 2).min(self.count as usize);
+    }
+
+    /// Whether `decay` has anything to give back.
+    fn can_decay(&self) -> bool {
+        self.target > MIN_POSTED
+            || self.posted > self.target
+            || self.free.iter().rev().skip(self.target).any(|&bid| self.warm[bid as usize])
+    }
+
+    /// Called about once a second: shrinks the working set when the kernel did not run
+    /// short meanwhile, and hands the pages of buffers outside it back to the kernel.
+    ///
+    /// `reclaim_posted`: the ring defers completion work to this thread's own
+    /// `io_uring_enter` (`DEFER_TASKRUN`), so no receive can complete until the next one:
+    /// if the shard was quiet, the buffers still posted from a burst are taken back too
+    /// (see `reclaim`).
+    fn decay(&mut self, ring: &IoUring, reclaim_posted: bool) {
+        if std::mem::take(&mut self.short) {
+            self.received = 0;
+            return;
+        }
+        self.target = (self.target / 2).max(MIN_POSTED).min(self.count as usize);
+        let quiet = std::mem::take(&mut self.received) == 0;
+        if reclaim_posted && quiet && self.posted > self.target && self.reclaim(ring).is_err() {
+            tracing::warn!("cannot re-register the receive buffers; keeping them posted");
+        }
+        self.release_cold();
+    }
+
+    /// Hands the pages of free buffers outside the working set back to the kernel.
+    fn release_cold(&mut self) {
+        // The free stack's top is what `replenish` posts next; below it, coldest last.
+        let keep = self.free.len().saturating_sub(self.target);
+        for &bid in &self.free[..keep] {
+            if !std::mem::take(&mut self.warm[bid as usize]) {
+                continue;
+            }
+            let start = bid as usize * self.size;
+            // SAFETY: the range is buffer `bid`, inside `memory` and page aligned (the
+            // allocation is page aligned and `size` a whole number of pages, see `new`).
+            // The buffer is free: not posted, so the kernel does not write it, and no
+            // slice of it exists. Its bytes are never read before the kernel writes them
+            // again, so the zero pages `MADV_DONTNEED` leaves are never seen as data.
+            unsafe {
+                libc::madvise(self.memory.as_ptr().add(start).cast(), self.size, libc::MADV_DONTNEED);
+            }
+        }
+    }
+
+    /// Takes every posted buffer back from the kernel: unregisters the ring and registers
+    /// it again empty, then posts the working set. Only while no receive can complete
+    /// (see `decay`): a receive armed meanwhile finds no buffer and reports `ENOBUFS`,
+    /// which re-arms it, and none can have written into a buffer unreported.
+    fn reclaim(&mut self, ring: &IoUring) -> io::Result<()> {
+        ring.submitter().unregister_buf_ring(self.group)?;
+        let mut free = vec![false; self.count as usize];
+        for &bid in &self.free {
+            free[bid as usize] = true;
+        }
+        // The buffers that were posted go on top of the stack: they are the warm ones.
+        self.free.extend((0..self.count).filter(|&bid| !free[bid as usize]));
+        self.offsets.iter_mut().for_each(|offset| *offset = 0);
+        self.posted = 0;
+        self.tail = 0;
+        self.shared_tail().store(0, Ordering::Release);
+        // SAFETY: as in `new`: the entries stay allocated until `Drop`, which follows the
+        // ring's unregistration.
+        unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                self.entries.as_ptr() as u64,
+                self.ring_entries,
+                self.group,
+                self.flags,
+            )
+        }?;
+        self.release_cold();
+        self.replenish();
+        Ok(())
     }
 
     fn unregister(&self, ring: &IoUring) {
@@ -398,6 +503,11 @@ pub(crate) struct UringDriver<H: Handler> {
     ended: Vec<usize>,
     /// Ended TLS connections sending their last records, with when to give up.
     lingering: Vec<(Instant, usize)>,
+    /// When the buffer ring's working set is next reconsidered.
+    next_decay: Instant,
+    /// The ring runs completion work only inside this thread's `io_uring_enter`.
+    deferred: bool,
+    quieting: crate::io::Quieting,
     /// Finished write records, kept for the next writes. Boxed: a connection's slot holds
     /// its in-flight record by pointer, and moving one between the two must not move
     /// the `msghdr` the kernel may still read.
@@ -430,6 +540,9 @@ impl<H: Handler> UringDriver<H> {
             dirty: Vec::new(),
             flush_keys: Vec::new(),
             lingering: Vec::new(),
+            next_decay: Instant::now() + DECAY_PERIOD,
+            deferred: ring.setup.contains("DEFER_TASKRUN"),
+            quieting: crate::io::Quieting::new(Instant::now()),
             ended: Vec::new(),
             spare_writes: Vec::new(),
             plaintext: Vec::new(),
@@ -506,6 +619,11 @@ impl<H: Handler> UringDriver<H> {
             self.shard.on_timers(now);
             self.flush(now);
             self.end_lingering(now);
+            if now >= self.next_decay {
+                self.buffers.decay(&self.ring, self.deferred);
+                self.next_decay = now + DECAY_PERIOD;
+            }
+            self.quieting.observe(self.shard.moved_bytes(), self.shard.held_bytes(), now);
             if self.accept_retry.is_some_and(|at| now >= at) {
                 self.accept_retry = None;
                 self.arm_accept();
@@ -534,8 +652,12 @@ impl<H: Handler> UringDriver<H> {
     /// Submits everything queued this turn and waits for completions, in one
     /// `io_uring_enter`.
     fn wait(&mut self, now: Instant) {
+        let decay = self.buffers.can_decay().then_some(self.next_decay);
         let deadline =
-            [self.shard.next_deadline(), self.accept_retry, self.shard.stop_limit()].into_iter().flatten().min();
+            [self.shard.next_deadline(), self.accept_retry, self.shard.stop_limit(), decay, self.quieting.deadline()]
+                .into_iter()
+                .flatten()
+                .min();
         let busy = !self.ring.completion().is_empty() || !self.shard.mailbox().park();
         let timeout = if busy { Some(Duration::ZERO) } else { deadline.map(|d| d.saturating_duration_since(now)) };
         let result = match timeout {
@@ -929,12 +1051,29 @@ mod tests {
         assert_eq!(buffers.take(0, 10, true).map(|s| s.as_ptr() as usize), Some(first), "back at the start");
         buffers.recycle(0);
         assert!(buffers.take(64, 1, true).is_none(), "no such buffer");
-        assert!(buffers.take(1, 129, true).is_none(), "longer than a buffer");
+        assert!(buffers.take(1, 4097, true).is_none(), "longer than a buffer (sizes are whole pages)");
         for _ in 0..4 {
             buffers.grow();
         }
         buffers.replenish();
         assert_eq!(buffers.posted, 64, "the target doubled to the whole pool");
+        // A quiet second shrinks the target; a short one does not.
+        buffers.decay(&ring, false);
+        assert_eq!(buffers.target, 64, "it ran short in this period");
+        buffers.decay(&ring, false);
+        assert_eq!(buffers.target, 32);
+        for bid in 0..40 {
+            buffers.take(bid, 1, true).expect("a posted buffer");
+            buffers.recycle(bid);
+        }
+        buffers.decay(&ring, false);
+        assert_eq!(buffers.target, 16);
+        // 40 free, 16 kept warm for the next posts: the other 24 were handed back.
+        assert_eq!(buffers.warm.iter().filter(|w| !**w).count(), 24);
+        // Quiet for a period: the 24 still posted are taken back as well.
+        buffers.decay(&ring, true);
+        assert_eq!((buffers.target, buffers.posted), (8, 8));
+        assert_eq!(buffers.warm.iter().filter(|w| **w).count(), 8, "only the working set stays resident");
         buffers.unregister(&ring);
     }
 }

@@ -548,6 +548,16 @@ impl<H: Handler, I> Shard<H, I> {
         self.stop_deadline.map(|d| d + Self::stop_grace())
     }
 
+    /// Bytes held for this shard's connections: queued to write and incomplete input.
+    pub(crate) fn held_bytes(&self) -> u64 {
+        self.view.stats.queued_bytes.get() + self.view.stats.buffered_input.get()
+    }
+
+    /// Bytes this shard has read and written so far.
+    pub(crate) fn moved_bytes(&self) -> u64 {
+        self.view.stats.bytes_in.get() + self.view.stats.bytes_out.get()
+    }
+
     /// The number of connections in the table (including ended ones not yet released).
     pub(crate) fn len(&self) -> usize {
         self.conns.len()
