@@ -73,14 +73,18 @@ class Server:
         self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
         wait_port(self.port)
 
-    def stop(self):
+    def stop(self, settle=0.0):
+        """Stops the server; returns its RSS (KiB) right away and after `settle` seconds."""
         rss = rss_kib(self.proc.pid)
+        if settle:
+            time.sleep(settle)
+        settled = rss_kib(self.proc.pid)
         self.proc.terminate()
         try:
             self.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-        return rss
+        return rss, settled
 
 
 def loadgen(args, out):
@@ -112,27 +116,37 @@ def idle(builds, outdir, clients, log):
     return rows
 
 
-def echo(builds, outdir, loads, seconds, log):
+def median(values):
+    values = sorted(v for v in values if v is not None)
+    return values[len(values) // 2] if values else None
+
+
+def echo(builds, outdir, loads, seconds, repeat, log):
     rows = []
     for clients, payload in loads:
         for backend in ["io_uring", "epoll"]:
             for name, binary in builds:
-                server = Server(binary, backend, "echo", log)
-                out = outdir / f"echo-{name}-{backend}-c{clients}-p{payload}.json"
-                result = loadgen(["echo", f"ws://127.0.0.1:{server.port}/", "--clients", str(clients),
-                                  "--payload", str(payload), "--warmup", "1s", "--duration", f"{seconds}s",
-                                  "--server-pid", str(server.proc.pid)], out) or {}
-                rss = server.stop()
-                metrics = result.get("server_metrics", {})
-                row = {"build": name, "backend": backend, "clients": clients, "payload": payload,
-                       "messages_per_s": result.get("deliveries_per_s"),
-                       "server_cpu_us_per_message": metrics.get("cpu_s_per_million"),
-                       "server_cpu_pct": metrics.get("cpu_pct"), "rss_after_kib": rss,
-                       "passed": result.get("passed")}
+                runs = []
+                for attempt in range(repeat):
+                    server = Server(binary, backend, "echo", log)
+                    out = outdir / f"echo-{name}-{backend}-c{clients}-p{payload}-{attempt}.json"
+                    result = loadgen(["echo", f"ws://127.0.0.1:{server.port}/", "--clients", str(clients),
+                                      "--payload", str(payload), "--warmup", "1s", "--duration", f"{seconds}s",
+                                      "--server-pid", str(server.proc.pid)], out) or {}
+                    rss, settled = server.stop(settle=3.0)
+                    metrics = result.get("server_metrics", {})
+                    runs.append({"messages_per_s": result.get("deliveries_per_s"),
+                                 "server_cpu_us_per_message": metrics.get("cpu_s_per_million"),
+                                 "server_cpu_pct": metrics.get("cpu_pct"), "rss_end_kib": rss,
+                                 "rss_after_3s_kib": settled, "passed": result.get("passed")})
+                row = {"build": name, "backend": backend, "clients": clients, "payload": payload, "runs": runs}
+                for key in ["messages_per_s", "server_cpu_us_per_message", "server_cpu_pct", "rss_end_kib",
+                            "rss_after_3s_kib"]:
+                    row[key] = median([r[key] for r in runs])
                 rows.append(row)
                 print(f"echo {name} {backend} {clients}x{payload}: {row['messages_per_s']:.0f}/s, "
                       f"{row['server_cpu_us_per_message']:.2f} µs, server {row['server_cpu_pct']:.0f}% busy, "
-                      f"RSS {rss} KiB", flush=True)
+                      f"RSS {row['rss_end_kib']} KiB at the end, {row['rss_after_3s_kib']} KiB 3 s later", flush=True)
     return rows
 
 
@@ -197,12 +211,15 @@ def write_report(outdir, meta, results):
         lines.append("")
     if results.get("echo"):
         lines += ["## Echo, closed loop", "",
-                  "| build | backend | clients × payload | messages/s | server CPU µs per echo | server busy | RSS after |",
-                  "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
+                  "Medians of the repeated runs (all runs in results.json). RSS: at the end of the run, and "
+                  "3 s later (after a quiet second the server hands receive buffers and freed heap back).", "",
+                  "| build | backend | clients × payload | messages/s | server CPU µs per echo | server busy | RSS at end | RSS 3 s later |",
+                  "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
         for r in results["echo"]:
             lines.append(f"| {r['build']} | {r['backend']} | {r['clients']} × {r['payload']} B | "
                          f"{fmt(r['messages_per_s'], ',.0f')} | {fmt(r['server_cpu_us_per_message'], '.2f')} | "
-                         f"{fmt(r['server_cpu_pct'], '.0f')}% | {r['rss_after_kib'] / 1024:.1f} MiB |")
+                         f"{fmt(r['server_cpu_pct'], '.0f')}% | {r['rss_end_kib'] / 1024:.1f} MiB | "
+                         f"{r['rss_after_3s_kib'] / 1024:.1f} MiB |")
         lines.append("")
     if results.get("fanout"):
         lines += ["## Fan-out capacity (io_uring)", "",
@@ -247,7 +264,7 @@ def main():
         results["idle"] = idle(builds, outdir, 2000 if args.quick else 10000, log)
     if "echo" in only:
         loads = [(500, 16384), (100, 20), (100, 512)]
-        results["echo"] = echo(builds, outdir, loads, seconds, log)
+        results["echo"] = echo(builds, outdir, loads, seconds, 1 if args.quick else 3, log)
     if "fanout" in only:
         steps = 4 if args.quick else 7
         points = [

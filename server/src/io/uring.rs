@@ -447,6 +447,17 @@ impl WriteOp {
         self.msg.msg_iovlen = self.iov.len() as _;
     }
 
+    /// The SQE that writes what `prepare` pointed at: a plain `send` for one buffer (no
+    /// header to copy, no vector to import), `sendmsg` to gather several.
+    fn entry(&self, fd: RawFd) -> squeue::Entry {
+        match self.iov.as_slice() {
+            [one] => opcode::Send::new(Fd(fd), one.iov_base as *const u8, one.iov_len.min(u32::MAX as usize) as u32)
+                .flags(libc::MSG_NOSIGNAL)
+                .build(),
+            _ => opcode::SendMsg::new(Fd(fd), &self.msg).flags(libc::MSG_NOSIGNAL as u32).build(),
+        }
+    }
+
     fn reset(&mut self) {
         self.frames.clear();
         self.ciphertext = Bytes::new();
@@ -830,7 +841,7 @@ impl<H: Handler> UringDriver<H> {
                 // A short write: the rest goes out next.
                 op.prepare();
                 let fd = slot.io.fd.as_raw_fd();
-                let entry = opcode::SendMsg::new(Fd(fd), &op.msg).flags(libc::MSG_NOSIGNAL as u32).build();
+                let entry = op.entry(fd);
                 slot.io.write = Some(op);
                 return self.push(entry.user_data(user_data(Op::Send, key)));
             }
@@ -916,7 +927,7 @@ impl<H: Handler> UringDriver<H> {
         op.prepare();
         let Some(slot) = self.shard.slot_mut(key) else { return };
         let fd = slot.io.fd.as_raw_fd();
-        let entry = opcode::SendMsg::new(Fd(fd), &op.msg).flags(libc::MSG_NOSIGNAL as u32).build();
+        let entry = op.entry(fd);
         slot.io.write = Some(op);
         self.push(entry.user_data(user_data(Op::Send, key)));
     }
@@ -945,8 +956,7 @@ impl<H: Handler> UringDriver<H> {
             op.ciphertext = Bytes::from(std::mem::take(&mut tls.pending)).slice(tls.pending_sent..);
             tls.pending_sent = 0;
             op.prepare();
-            let entry =
-                opcode::SendMsg::new(Fd(slot.io.fd.as_raw_fd()), &op.msg).flags(libc::MSG_NOSIGNAL as u32).build();
+            let entry = op.entry(slot.io.fd.as_raw_fd());
             slot.io.write = Some(op);
             self.push(entry.user_data(user_data(Op::Send, key)));
             self.lingering.push((now + self.shard.config().close_timeout, key));
