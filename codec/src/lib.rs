@@ -43,6 +43,24 @@
 //! assert_eq!(&reply.as_bytes()[..2], &[0x81, 10]);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! # Unsafe code
+//!
+//! The crate denies `unsafe` except in two modules, and no invariant of an `unsafe`
+//! block rests on what a caller of a safe function does (audited for the issue that
+//! removed the last one):
+//!
+//! | where | what | why no safe caller can break it |
+//! | --- | --- | --- |
+//! | `mask.rs`, the SIMD kernels | unaligned loads and stores of 16/32-byte lanes | each lane is a chunk of exactly that size from `chunks_exact_mut` of the caller's slice; the CPU feature is the x86_64/aarch64 baseline (SSE2, NEON) or detected at run time (AVX2) before the call, and [`MaskKernel::apply`] asserts it, panicking instead |
+//! | `utf8.rs`, [`Utf8Bytes::as_str`] | `from_utf8_unchecked` | every constructor validates, takes a `str`, or is crate-private (`from_validated`), whose two callers hand it bytes the crate validated itself in memory no caller can write to in between: a message the [`Decoder`] gathered into its own buffer, or a slice [`Decoder::decode_buf`] validated as `&str` and froze without writing to it |
+//!
+//! Until that audit, `MessageAssembler::push_checked` was public and safe and trusted its
+//! caller's claim that a prefix was validated, and the decoder leaned on the same claim
+//! across calls over a buffer the caller owned: a sequence of safe calls could build a
+//! `&str` over invalid UTF-8. The assembler is gone (the [`Decoder`] assembles messages
+//! in memory it owns), and the `utf8_soundness` fuzz target checks every text the public
+//! API hands out while the caller scribbles over its own buffer between calls.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

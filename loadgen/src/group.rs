@@ -602,8 +602,7 @@ async fn echo(
     let end = measure_from + config.duration_ns;
     // Spread the clients' first sends over one interval.
     let mut next = t0 + (index as u64 % config.total_clients as u64) * interval / config.total_clients as u64;
-    let mut payload = wire::payload(config.payload);
-    let mut out = BytesMut::with_capacity(payload.len() + 14);
+    let mut message = wire::MaskedMessage::new(config.payload, rand::random());
     for seq in 0.. {
         if next > now_ns() {
             tokio::time::sleep_until(instant_at(next)).await;
@@ -612,10 +611,7 @@ async fn echo(
         if sent >= end {
             break;
         }
-        wire::stamp(&mut payload, seq, sent);
-        out.clear();
-        encode_masked_frame(&mut out, OpCode::Binary, true, &payload, rand::random());
-        stream.write_all(&out).await.map_err(|e| describe("write", &e))?;
+        stream.write_all(message.stamped(seq, sent)).await.map_err(|e| describe("write", &e))?;
         state.borrow_mut().sent += 1;
         let len = loop {
             let (got, _, len) = reader.next(stream).await?;

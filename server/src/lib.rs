@@ -45,10 +45,35 @@
 //!
 //! # Layout
 //!
-//! `conn` is the sans-IO connection (tested in memory with a virtual clock), `shard` the
-//! backend-independent table, handler calls, fan-out and timers, `io` the two drivers
-//! (the only code that touches sockets, and the crate's only `unsafe`, in `io::uring`),
-//! and `api` the handles handlers and other threads hold.
+//! The modules form layers, each importing only from those below it:
+//!
+//! | layer | modules | what |
+//! | --- | --- | --- |
+//! | vocabulary | `id`, `event`, `config`, `stats`, `topics` | ids, reasons, decisions, errors, settings, counters: no logic |
+//! | connection | `conn` | the sans-IO state machine of one connection and its send queue: bytes, time and write completions in; events, frames to write, deadlines and the end out; tested in memory with a virtual clock |
+//! | handles | `api` | what handlers and other threads hold: [`Connection`], [`ConnectionRef`], [`Target`], [`Message`], [`Broadcaster`] (and the shards' mailboxes), [`HttpRequest`] |
+//! | events | `handler` | the [`Handler`] trait |
+//! | shard | `shard` | the backend-independent half of a worker: the connection table, handler calls, fan-out, timers, stop |
+//! | drivers | `io` | the two loops that own the sockets: `io::uring` (completions) and `io::epoll` (readiness), plus TLS |
+//! | start | `server` | threads, listeners, [`ServerHandle`] |
+//!
+//! The handles are generic over the handler's `Data`, not the handler, which is what
+//! lets the connection layer and the handles sit below the handler and the shard.
+//!
+//! # Unsafe code
+//!
+//! Only the io_uring driver (`io::uring`) and the heap trim (`io::memory`) use it; each
+//! block says which owner keeps the memory alive or why the call is sound:
+//! - pushing SQEs whose buffers, headers and descriptors the kernel uses later (kept by
+//!   the connection's slot, or the driver, until the completion);
+//! - the provided-buffer ring: allocating and registering it, publishing its tail,
+//!   making slices of buffers the kernel handed back, and handing cold buffers' pages
+//!   back with `madvise`;
+//! - taking ownership of a descriptor returned by accept, and a zeroed `msghdr`;
+//! - `malloc_trim` (glibc) when a shard goes quiet after heavy traffic.
+//!
+//! Every test of the suite runs on the io_uring backend as well as on epoll, and
+//! `io::uring`'s unit tests cover the buffer ring's bookkeeping.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
