@@ -91,7 +91,8 @@ mod tests {
     fn a_masked_message_unmasks_to_its_stamp_and_filler() {
         let mut message = MaskedMessage::new(100, [9, 8, 7, 6]);
         let frame = message.stamped(42, 7).to_vec();
-        let mut decoder = ringcast_codec::Decoder::new(ringcast_codec::DecoderConfig::new(ringcast_codec::Role::Server));
+        let mut decoder =
+            ringcast_codec::Decoder::new(ringcast_codec::DecoderConfig::new(ringcast_codec::Role::Server));
         let mut input = frame.clone();
         let event = decoder.decode(&mut &mut input[..]).unwrap().unwrap();
         let ringcast_codec::Incoming::Binary(data) = event else { panic!("{event:?}") };
