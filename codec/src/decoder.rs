@@ -145,6 +145,10 @@ struct Partial {
     message: Option<MessageProgress>,
     /// The gathered payload of a control frame (at most 125 bytes).
     control: Vec<u8>,
+    /// [`Decoder::decode_buf`]'s fail-fast progress over a text frame waiting in the
+    /// caller's buffer: how many of its bytes were checked, and the validator after them.
+    /// A hint for failing early only: once whole, the frame is parsed and validated anew.
+    waiting: Option<(usize, Utf8Validator)>,
 }
 
 impl Partial {
@@ -179,15 +183,12 @@ pub struct Decoder {
     /// The error that failed the connection: every later call returns it again. Boxed:
     /// every idle connection holds a decoder, and almost none of them ever fail.
     failed: Option<Box<ProtocolError>>,
-    /// [`Decoder::decode_buf`]'s fail-fast progress over a frame waiting in the caller's
-    /// buffer: only decides when to look again, never what counts as validated.
-    waiting_checked: u32,
 }
 
 impl Decoder {
     /// A decoder at the start of a connection.
     pub const fn new(config: DecoderConfig) -> Self {
-        Decoder { config, partial: None, failed: None, waiting_checked: 0 }
+        Decoder { config, partial: None, failed: None }
     }
 
     /// The configuration this decoder applies.
@@ -198,7 +199,7 @@ impl Decoder {
     /// Whether part of a frame or of a fragmented message is held (the input ended
     /// inside it).
     pub fn is_mid_message(&self) -> bool {
-        self.partial.is_some()
+        self.partial.as_ref().is_some_and(|p| !p.is_empty())
     }
 
     /// Forgets any incomplete frame or message (and a recorded failure): the decoder is
@@ -206,7 +207,6 @@ impl Decoder {
     pub fn reset(&mut self) {
         self.partial = None;
         self.failed = None;
-        self.waiting_checked = 0;
     }
 
     /// Heap bytes this decoder holds for incomplete frames and messages; 0 between
@@ -230,7 +230,6 @@ impl Decoder {
         if let Some(error) = &self.failed {
             return Err((**error).clone());
         }
-        self.waiting_checked = 0;
         let result = self.decode_inner(input);
         if let Err(error) = &result {
             self.failed = Some(Box::new(error.clone()));
@@ -322,14 +321,15 @@ impl Decoder {
                 (OpCode::Continuation, Some(m)) if m.opcode == OpCode::Text => Some(m.utf8.clone()),
                 _ => None,
             };
-            if let Some(mut utf8) = text
-                && header.mask.is_none()
-                && available > 0
-                && available >= 2 * decoder.waiting_checked as usize
-            {
-                decoder.waiting_checked = u32::try_from(available).unwrap_or(u32::MAX);
-                utf8.feed(&buf[header_len..header_len + available], false).map_err(|_| ProtocolError::InvalidUtf8)?;
-            }
+            let Some(fresh) = text.filter(|_| header.mask.is_none() && available > 0) else { return Ok(()) };
+            let partial = decoder.partial.get_or_insert_with(Box::default);
+            // Resume where the last look stopped (the bytes before it are not looked at
+            // again: a caller that changed them only loses the early failure).
+            let (checked, mut utf8) =
+                partial.waiting.take().filter(|(checked, _)| *checked <= available).unwrap_or((0, fresh));
+            utf8.feed(&buf[header_len + checked..header_len + available], false)
+                .map_err(|_| ProtocolError::InvalidUtf8)?;
+            partial.waiting = Some((available, utf8));
             Ok(())
         };
         if let Err(error) = check(self) {
