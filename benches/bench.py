@@ -100,16 +100,20 @@ def wait_for_port(port, proc, timeout=30):
 
 
 class Setting:
-    """One server process configuration."""
+    """One server process configuration (and, for the compression sweep, what the
+    clients offer: `deflate` None outside it, else False/True)."""
 
-    def __init__(self, server, split=None):
+    def __init__(self, server, split=None, deflate=None):
         self.server = server
         self.split = split
+        self.deflate = deflate
 
     @property
     def label(self):
         if self.server != "ringcast":
             return ""
+        if self.deflate is not None:
+            return f"json, deflate {'on' if self.deflate else 'off'}"
         return "split off" if self.split is None else f"split {size_label(self.split)}"
 
     @property
@@ -185,6 +189,8 @@ def loadgen(args, setting, server, out_dir, scenario, clients, payload=None, ext
     cmd += ["--server-pid", str(server.proc.pid), "--server-name", setting.server]
     if setting.label:
         cmd += ["--server-setting", setting.label]
+    if setting.deflate is not None:
+        cmd += ["--payload-kind", "json"] + (["--deflate"] if setting.deflate else [])
     cmd += ["--progress", "none", "--out", os.path.relpath(out_dir, ROOT)]
     cmd += list(extra)
     log_command(cmd)
@@ -261,6 +267,9 @@ def main():
     p.add_argument("--sweep-clients", type=int, default=1000, help="clients of the offered-load sweep")
     p.add_argument("--sweep-payload", type=int, default=1024, help="payload bytes of the offered-load sweep")
     p.add_argument("--sweep-duration", help="measured time per sweep run (default 3s; quick 2s)")
+    p.add_argument("--deflate-clients", help="client counts of the compression sweep, or 'none' "
+                   "(default: 1000,10000; quick: 1000)")
+    p.add_argument("--deflate-payloads", default="1024,16384", help="JSON payload bytes of the compression sweep")
     p.add_argument("--no-build", action="store_true", help="use the binaries already built")
     p.add_argument("--no-codec", action="store_true", help="skip `make bench-codec` (always skipped by --quick)")
     p.add_argument("--readme", choices=["auto", "yes", "no"], default="auto",
@@ -278,6 +287,9 @@ def main():
     sweep_text = args.sweep_rates or ("100000,200000,400000" if quick else "100000,200000,400000,600000,800000,1200000")
     sweep_rates = [] if sweep_text == "none" else [int(r) for r in sweep_text.split(",")]
     sweep_duration = args.sweep_duration or ("2s" if quick else "3s")
+    deflate_text = args.deflate_clients or ("1000" if quick else "1000,10000")
+    deflate_clients = [] if deflate_text == "none" else [int(c) for c in deflate_text.split(",")]
+    deflate_payloads = [int(x) for x in args.deflate_payloads.split(",")]
     for b in baselines:
         if b not in PEERS:
             sys.exit(f"unknown baseline {b}; known: {', '.join(PEERS)}")
@@ -303,7 +315,7 @@ def main():
         timings["codec benches"] = time.time() - t
 
     settings = [Setting("ringcast", s) for s in splits] + [Setting(b) for b in baselines]
-    results, idle_results, sweep_results, failures = [], [], [], []
+    results, idle_results, sweep_results, deflate_results, failures = [], [], [], [], []
     t_sweep = time.time()
     extra = ["--warmup", args.warmup, "--duration", duration, "--drain", args.drain]
     # Every server runs for the whole sweep (idle ones cost nothing), and each (clients,
@@ -358,6 +370,25 @@ def main():
                     sweep_results.append(r)
                 else:
                     failures.append(f"{setting.slug} offered {offered}/s: no result (exit {code})")
+        # The compression sweep: JSON feed updates to the same ringcast server (split off,
+        # permessage-deflate on, as the service defaults), clients without and with
+        # permessage-deflate in turn, at the same rate.
+        if deflate_clients and Setting("ringcast").slug not in servers:
+            plain = Setting("ringcast")
+            servers[plain.slug] = Server(plain, os.path.join(run_dir, "servers", f"{plain.slug}.log"))
+        for c in deflate_clients:
+            for payload in deflate_payloads:
+                print(f"== permessage-deflate: {clients_label(c)} clients × {size_label(payload)} JSON",
+                      file=sys.stderr, flush=True)
+                for deflate in (False, True):
+                    setting = Setting("ringcast", None, deflate)
+                    server = running_server(Setting("ringcast"), f"deflate c{c} p{payload}")
+                    out = os.path.join(run_dir, "deflate", f"c{c}-p{payload}-{'on' if deflate else 'off'}")
+                    r, code, _ = loadgen(args, setting, server, out, "broadcast", c, payload, extra)
+                    if r:
+                        deflate_results.append(r)
+                    else:
+                        failures.append(f"deflate {'on' if deflate else 'off'} c={c} p={payload}: no result (exit {code})")
     finally:
         for slug, server in servers.items():
             code = server.stop()
@@ -374,6 +405,10 @@ def main():
     run([LOADGEN, "report", "--out", os.path.relpath(run_dir, ROOT), "--title", title]
         + [os.path.relpath(r, ROOT) for r in results]
         + [a for r in sweep_results for a in ("--offered-load", os.path.relpath(r, ROOT))])
+    if deflate_results:
+        run([LOADGEN, "report", "--out", os.path.relpath(os.path.join(run_dir, "deflate"), ROOT),
+             "--title", "permessage-deflate: JSON feed updates, clients without and with compression"]
+            + [os.path.relpath(r, ROOT) for r in deflate_results])
     timings["total"] = time.time() - t_start
 
     meta = {
@@ -391,7 +426,8 @@ def main():
                   "baselines": baselines, "warmup": args.warmup, "duration": duration, "drain": args.drain,
                   "idle_clients": idle_clients, "offered_load": {"rates": sweep_rates, "clients": args.sweep_clients,
                                                                  "payload": args.sweep_payload,
-                                                                 "duration": sweep_duration}},
+                                                                 "duration": sweep_duration},
+                  "deflate": {"clients": deflate_clients, "payloads": deflate_payloads}},
         "failures": failures,
         "invocation": "make bench-quick" if quick else "make bench",
         "argv": sys.argv[1:],
@@ -401,7 +437,8 @@ def main():
     with open(os.path.join(run_dir, "commands.txt"), "w") as f:
         f.write("\n".join(LOG) + "\n")
     idle = [json.load(open(r)) for r in idle_results]
-    summary = summary_markdown(meta, idle, run_dir, codec_ran)
+    deflate_runs = [json.load(open(r)) for r in deflate_results]
+    summary = summary_markdown(meta, idle, run_dir, codec_ran, deflate_runs)
     with open(os.path.join(run_dir, "README.md"), "w") as f:
         f.write(summary.replace("](" + stamp + "/", "](./"))
     write_readme = args.readme == "yes" or (args.readme == "auto" and not quick)
@@ -426,7 +463,39 @@ def offered_load_text(sweep):
             f"baselines; measured {sweep['duration']}, drain ≤ 5s per run")
 
 
-def summary_markdown(meta, idle, run_dir, codec_ran):
+def deflate_markdown(runs, stamp):
+    """The compression sweep: server CPU per delivery and bytes on the wire, off against on."""
+    pairs = {}
+    for r in runs:
+        pairs.setdefault((r["clients"], r["payload"]), {})["on" if r.get("deflate") else "off"] = r
+    lines = ["## permessage-deflate", "",
+             "JSON feed updates (text quote updates, compressible as such feeds are) to the same ringcast "
+             "server, whose permessage-deflate is on (the service's default): first clients that do not offer "
+             "it, then clients that do, at the same publish rate. Each broadcast is compressed once for all "
+             "subscribers. Server CPU is per delivery, from `/proc`; wire bytes are the payload bytes per "
+             "delivery as received (compressed ones as compressed). Both runs of a row are one before/after "
+             f"pair of this run ([deflate/report.md]({stamp}/deflate/report.md)).", "",
+             "| clients × payload | deliveries/s off | on | server CPU µs/delivery off | on | on ÷ off "
+             "| wire bytes/delivery off | on | p99 ms off | on | compressing clients |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for (clients, payload), pair in sorted(pairs.items()):
+        off, on = pair.get("off"), pair.get("on")
+        if not off or not on:
+            continue
+        cpu = lambda r: (r.get("server_metrics") or {}).get("cpu_s_per_million")
+        c_off, c_on = cpu(off), cpu(on)
+        ratio = f"{c_on / c_off:.2f}×" if c_off and c_on else "–"
+        fmt = lambda v: f"{v:.2f}" if v is not None else "–"
+        p99 = lambda r: (r.get("latency") or {}).get("p99")
+        lines.append(f"| {clients_label(clients)} × {size_label(payload)} | {off['deliveries_per_s']:,.0f} | "
+                     f"{on['deliveries_per_s']:,.0f} | {fmt(c_off)} | {fmt(c_on)} | {ratio} | "
+                     f"{off.get('wire_bytes_per_delivery', 0):,.0f} | {on.get('wire_bytes_per_delivery', 0):,.0f} | "
+                     f"{fmt(p99(off))} | {fmt(p99(on))} | {on.get('deflate_connections', 0):,} |")
+    lines.append("")
+    return lines
+
+
+def summary_markdown(meta, idle, run_dir, codec_ran, deflate_runs=()):
     stamp = meta["stamp"]
     m = meta["machine"]
     with open(os.path.join(run_dir, "report.md")) as f:
@@ -485,6 +554,8 @@ def summary_markdown(meta, idle, run_dir, codec_ran):
             lines.append(f"| {r['server']} | {r['setting'] or '–'} | {r['connect']['connected']} | "
                          f"{sm.get('rss_before_mb', 0):.1f} | {sm.get('rss_connected_mb', 0):.1f} | {per_text} |")
         lines.append("")
+    if deflate_runs:
+        lines += deflate_markdown(deflate_runs, stamp)
     if meta["failures"]:
         lines += ["## Pipeline notes", ""] + [f"- {f}" for f in meta["failures"]] + [""]
     lines += [

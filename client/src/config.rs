@@ -5,6 +5,7 @@ use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use ringcast_codec::deflate::ClientDeflateConfig;
 use rustls::pki_types::CertificateDer;
 
 use crate::error::Error;
@@ -50,6 +51,7 @@ pub struct ClientConfig {
     pub(crate) send_queue: usize,
     pub(crate) receive_queue: usize,
     pub(crate) tls_options: TlsOptions,
+    pub(crate) deflate: ClientDeflateConfig,
 }
 
 /// How the server's certificate is checked. Changing any of it drops the cached
@@ -95,6 +97,7 @@ impl ClientConfig {
                 custom: None,
                 cache: Arc::default(),
             },
+            deflate: ClientDeflateConfig::new(),
         }
     }
 
@@ -173,9 +176,29 @@ impl ClientConfig {
 
     /// Adds a header to the upgrade request (`Authorization`, `Cookie`, ...). The headers
     /// the handshake manages itself (`Host`, `Upgrade`, `Connection`, `Origin`,
-    /// `Sec-WebSocket-Key`, `Sec-WebSocket-Version`) are refused when connecting.
+    /// `Sec-WebSocket-Key`, `Sec-WebSocket-Version`, and `Sec-WebSocket-Extensions`, which
+    /// [`permessage_deflate`](Self::permessage_deflate) sets) are refused when connecting.
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// permessage-deflate (RFC 7692): offered by default the way browsers offer it
+    /// (`permessage-deflate; client_max_window_bits`), level 6, messages from 256 bytes
+    /// compressed. `ClientDeflateConfig::new().enabled(false)` offers nothing.
+    ///
+    /// A server that declines gets an uncompressed connection; one that answers with
+    /// parameters the client did not offer or ask for fails the handshake with
+    /// [`Error::Extension`](crate::Error::Extension).
+    ///
+    /// ```
+    /// use ringcast_client::{ClientConfig, ClientDeflateConfig};
+    /// let config = ClientConfig::new("localhost", 8888)
+    ///     .permessage_deflate(ClientDeflateConfig::new().request_server_no_context_takeover(true));
+    /// # let _ = config;
+    /// ```
+    pub fn permessage_deflate(mut self, deflate: ClientDeflateConfig) -> Self {
+        self.deflate = deflate;
         self
     }
 
@@ -314,8 +337,15 @@ impl ClientConfig {
         {
             return bad(format!("invalid Origin {origin:?}"));
         }
-        const MANAGED: [&str; 6] =
-            ["host", "upgrade", "connection", "origin", "sec-websocket-key", "sec-websocket-version"];
+        const MANAGED: [&str; 7] = [
+            "host",
+            "upgrade",
+            "connection",
+            "origin",
+            "sec-websocket-key",
+            "sec-websocket-version",
+            "sec-websocket-extensions",
+        ];
         for (name, value) in &self.headers {
             if name.is_empty() || !name.bytes().all(is_token_byte) {
                 return bad(format!("invalid header name {name:?}"));

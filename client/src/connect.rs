@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
+use ringcast_codec::deflate::{Compressor, DeflateParams};
 use ringcast_codec::handshake::{ClientHandshake, ClientRequest};
 use ringcast_codec::{Decoder, DecoderConfig, Role};
 use rustls::pki_types::ServerName;
@@ -48,7 +49,11 @@ pub async fn connect(config: &ClientConfig) -> Result<(Sender, Receiver), Error>
     let _ = tcp.set_nodelay(true);
 
     let handshake_deadline = Instant::now() + config.handshake_timeout;
-    let headers: Vec<(&str, &str)> = config.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    let offer = config.deflate.offer();
+    let mut headers: Vec<(&str, &str)> = config.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    if let Some(offer) = &offer {
+        headers.push(("Sec-WebSocket-Extensions", offer));
+    }
     let request = ClientRequest {
         host: &config.host,
         port: config.port,
@@ -59,12 +64,18 @@ pub async fn connect(config: &ClientConfig) -> Result<(Sender, Receiver), Error>
         headers: &headers,
     };
     let handshake = ClientHandshake::new(&request, rand::random()).map_err(|e| Error::InvalidConfig(e.to_string()))?;
-    let driver = DriverConfig {
+    let driver = |deflate: Option<DeflateParams>| DriverConfig {
         decoder: Decoder::new(
             DecoderConfig::new(Role::Client)
                 .max_message_size(config.max_message_size)
-                .max_frame_size(config.max_message_size),
+                .max_frame_size(config.max_message_size)
+                .permessage_deflate(deflate.map(|params| params.incoming(Role::Client))),
         ),
+        deflate: deflate.map(|params| {
+            let compressor =
+                Compressor::for_direction(config.deflate.compression_level(), params.outgoing(Role::Client));
+            (params, compressor, config.deflate.min_message_size_limit())
+        }),
         read_buffer_size: config.read_buffer_size,
         close_timeout: config.close_timeout,
         send_queue: config.send_queue,
@@ -74,8 +85,8 @@ pub async fn connect(config: &ClientConfig) -> Result<(Sender, Receiver), Error>
     match tls {
         None => {
             let mut tcp = tcp;
-            match upgrade(&mut tcp, &handshake, handshake_deadline, config.read_buffer_size).await {
-                Ok(leftover) => Ok(connection::spawn(tcp, leftover, driver)),
+            match upgrade(&mut tcp, &handshake, config, handshake_deadline).await {
+                Ok((leftover, deflate)) => Ok(connection::spawn(tcp, leftover, driver(deflate))),
                 Err(Error::ClosedDuringHandshake { stage }) => {
                     // A TLS server that reads an HTTP request usually drops the connection
                     // without a word; ask it on a second connection whether it speaks TLS.
@@ -93,8 +104,8 @@ pub async fn connect(config: &ClientConfig) -> Result<(Sender, Receiver), Error>
             let connector = tokio_rustls::TlsConnector::from(tls_config);
             let stream = tls_handshake(connector, name, tcp, addr, handshake.request(), handshake_deadline).await?;
             let mut stream = stream;
-            let leftover = upgrade(&mut stream, &handshake, handshake_deadline, config.read_buffer_size).await?;
-            Ok(connection::spawn(stream, leftover, driver))
+            let (leftover, deflate) = upgrade(&mut stream, &handshake, config, handshake_deadline).await?;
+            Ok(connection::spawn(stream, leftover, driver(deflate)))
         }
     }
 }
@@ -142,16 +153,18 @@ async fn open(addrs: &[SocketAddr], deadline: Instant) -> Result<(TcpStream, Soc
 }
 
 /// Sends the upgrade request and reads the answer. Returns the bytes that followed the
-/// response head (the first frames, if the server was quick).
+/// response head (the first frames, if the server was quick) and the permessage-deflate
+/// parameters, if the server accepted the offer.
 async fn upgrade<S>(
     io: &mut S,
     handshake: &ClientHandshake,
+    config: &ClientConfig,
     deadline: Instant,
-    buffer: usize,
-) -> Result<BytesMut, Error>
+) -> Result<(BytesMut, Option<DeflateParams>), Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let buffer = config.read_buffer_size;
     let exchange = async {
         let closed = Error::ClosedDuringHandshake { stage: Stage::Handshake };
         if io.write_all(handshake.request()).await.and(io.flush().await).is_err() {
@@ -172,19 +185,14 @@ where
                 return Err(Error::ServerSpeaksTls);
             }
             if let Some((response, head_len)) = handshake.parse_response(&buf)? {
-                // RFC 6455 §4.1: the client offers neither extensions nor subprotocols,
-                // so a server that picks one anyway must be refused.
-                let extension = response.headers.iter().find(|(name, value)| {
-                    name.eq_ignore_ascii_case("sec-websocket-extensions") && !value.trim().is_empty()
-                });
-                if let Some((_, value)) = extension {
-                    return Err(Error::NotOffered { what: "extension", value: value.clone() });
-                }
+                // RFC 6455 §4.1: an extension or subprotocol the client did not offer
+                // must be refused. The only extension it offers is permessage-deflate.
+                let deflate = config.deflate.accept_response_headers(&response.headers)?;
                 if let Some(protocol) = response.protocol {
                     return Err(Error::NotOffered { what: "subprotocol", value: protocol });
                 }
                 buf.advance(head_len);
-                return Ok(buf);
+                return Ok((buf, deflate));
             }
         }
     };
@@ -323,33 +331,85 @@ mod tests {
             server
         });
         let deadline = Instant::now() + Duration::from_secs(5);
-        let leftover = upgrade(&mut client, &handshake, deadline, 4096).await.unwrap();
+        let (leftover, deflate) = upgrade(&mut client, &handshake, &plain(), deadline).await.unwrap();
         assert_eq!(&leftover[..], b"\x81\x02hi");
+        assert_eq!(deflate, None, "no extension header: the offer was declined");
         drop(server.await.unwrap());
+    }
+
+    fn plain() -> ClientConfig {
+        ClientConfig::new("h", 80)
+    }
+
+    /// Runs an upgrade against a server that answers with `protocol` and the `extra`
+    /// header lines.
+    async fn upgrade_answered(
+        config: &ClientConfig,
+        protocol: Option<&'static str>,
+        extra: &'static str,
+    ) -> Result<(BytesMut, Option<DeflateParams>), Error> {
+        use ringcast_codec::handshake::{self, Request, RequestParse, UpgradeChecks};
+        let handshake =
+            ClientHandshake::new(&ClientRequest { host: "h", port: 80, ..Default::default() }, [7; 16]).unwrap();
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        let server = tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let n = server.read(&mut buf).await.unwrap();
+            let RequestParse::Complete { request, .. } = Request::parse(&buf[..n]).unwrap() else { panic!() };
+            let accept = handshake::validate_upgrade(&request, UpgradeChecks::default()).unwrap();
+            server.write_all(&handshake::accept_response(&accept, protocol, extra)).await.unwrap();
+            server
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let result = upgrade(&mut client, &handshake, config, deadline).await;
+        drop(server.await.unwrap());
+        result
     }
 
     #[tokio::test]
     async fn upgrade_refuses_extensions_and_subprotocols_not_offered() {
-        use ringcast_codec::handshake::{self, Request, RequestParse, UpgradeChecks};
-        for (protocol, extra, expected) in
-            [(None, "Sec-WebSocket-Extensions: permessage-deflate\r\n", "extension"), (Some("chat"), "", "subprotocol")]
-        {
-            let handshake =
-                ClientHandshake::new(&ClientRequest { host: "h", port: 80, ..Default::default() }, [7; 16]).unwrap();
-            let (mut client, mut server) = tokio::io::duplex(4096);
-            let server = tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let n = server.read(&mut buf).await.unwrap();
-                let RequestParse::Complete { request, .. } = Request::parse(&buf[..n]).unwrap() else { panic!() };
-                let accept = handshake::validate_upgrade(&request, UpgradeChecks::default()).unwrap();
-                server.write_all(&handshake::accept_response(&accept, protocol, extra)).await.unwrap();
-                server
-            });
-            let deadline = Instant::now() + Duration::from_secs(5);
-            let result = upgrade(&mut client, &handshake, deadline, 4096).await;
-            assert!(matches!(result, Err(Error::NotOffered { what, .. }) if what == expected), "{result:?}");
-            drop(server.await.unwrap());
+        use ringcast_codec::deflate::{ClientDeflateConfig, ExtensionResponseError as E};
+        let off = plain().permessage_deflate(ClientDeflateConfig::new().enabled(false));
+        let deflate = "Sec-WebSocket-Extensions: permessage-deflate\r\n";
+        let result = upgrade_answered(&off, None, deflate).await;
+        assert!(matches!(result, Err(Error::Extension(E::NotOffered))), "{result:?}");
+        let result = upgrade_answered(&plain(), None, "Sec-WebSocket-Extensions: x-webkit-deflate-frame\r\n").await;
+        assert!(matches!(result, Err(Error::Extension(E::UnexpectedExtension(_)))), "{result:?}");
+        let result = upgrade_answered(&plain(), Some("chat"), "").await;
+        assert!(matches!(result, Err(Error::NotOffered { what: "subprotocol", .. })), "{result:?}");
+    }
+
+    #[tokio::test]
+    async fn upgrade_takes_accepted_deflate_and_refuses_answers_it_did_not_ask_for() {
+        use ringcast_codec::deflate::{ClientDeflateConfig, ExtensionResponseError as E, WindowBits};
+        let line =
+            "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_max_window_bits=10\r\n";
+        let (_, params) = upgrade_answered(&plain(), None, line).await.unwrap();
+        let params = params.expect("accepted");
+        assert!(params.server_no_context_takeover());
+        assert_eq!(params.client_max_window_bits().get(), 10);
+
+        for (line, what) in [
+            ("Sec-WebSocket-Extensions: permessage-deflate; mystery\r\n", "unknown parameter"),
+            (
+                "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; server_no_context_takeover\r\n",
+                "duplicate",
+            ),
+            ("Sec-WebSocket-Extensions: permessage-deflate, permessage-deflate\r\n", "twice"),
+            ("Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=16\r\n", "bad window"),
+            ("Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n", "window without value"),
+        ] {
+            let result = upgrade_answered(&plain(), None, line).await;
+            assert!(matches!(result, Err(Error::Extension(_))), "{what}: {result:?}");
         }
+        // Asked for a window of 10 bits, answered with 12 (or not at all): refused.
+        let ask =
+            plain().permessage_deflate(ClientDeflateConfig::new().request_server_max_window_bits(WindowBits::new(10)));
+        let line = "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=12\r\n";
+        let result = upgrade_answered(&ask, None, line).await;
+        assert!(matches!(result, Err(Error::Extension(E::ServerWindowTooLarge { .. }))), "{result:?}");
+        let result = upgrade_answered(&ask, None, "Sec-WebSocket-Extensions: permessage-deflate\r\n").await;
+        assert!(matches!(result, Err(Error::Extension(E::MissingParameter(_)))), "{result:?}");
     }
 
     #[tokio::test]
@@ -359,17 +419,17 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         let (mut client, mut server) = tokio::io::duplex(4096);
         server.write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x32]).await.unwrap();
-        assert!(matches!(upgrade(&mut client, &handshake, deadline, 4096).await, Err(Error::ServerSpeaksTls)));
+        assert!(matches!(upgrade(&mut client, &handshake, &plain(), deadline).await, Err(Error::ServerSpeaksTls)));
         let (mut client, server) = tokio::io::duplex(4096);
         drop(server);
         assert!(matches!(
-            upgrade(&mut client, &handshake, deadline, 4096).await,
+            upgrade(&mut client, &handshake, &plain(), deadline).await,
             Err(Error::ClosedDuringHandshake { stage: Stage::Handshake })
         ));
         let (mut client, _server) = tokio::io::duplex(4096);
         let soon = Instant::now() + Duration::from_millis(50);
         assert!(matches!(
-            upgrade(&mut client, &handshake, soon, 4096).await,
+            upgrade(&mut client, &handshake, &plain(), soon).await,
             Err(Error::Timeout { stage: Stage::Handshake })
         ));
     }

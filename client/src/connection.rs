@@ -4,7 +4,10 @@
 //! One task per connection owns the socket (plain or TLS, never split, so no lock is
 //! taken per read or write). It gathers queued frames into one vectored write, reads into
 //! a buffer that frames are split out of without copying, answers pings and runs the
-//! closing handshake. Frames are masked by the sending task, before they are queued.
+//! closing handshake. Frames are masked by the sending task, before they are queued;
+//! on a connection with permessage-deflate, data messages are compressed (then masked)
+//! by the connection task instead, since compression with context takeover must follow
+//! the order in which messages go out.
 
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
@@ -15,7 +18,8 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_core::Stream;
-use ringcast_codec::{CloseCode, CloseFrame, Decoder, Incoming, OpCode, close_payload};
+use ringcast_codec::deflate::{Compressor, DeflateParams};
+use ringcast_codec::{CloseCode, CloseFrame, Decoder, Incoming, OpCode, close_payload, encode_masked_frame_with_rsv};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
@@ -36,6 +40,8 @@ const MAX_ROUNDS: usize = 32;
 pub(crate) enum Command {
     /// A masked data, ping or pong frame.
     Frame(Bytes),
+    /// A data message to compress (if it pays), mask and queue: with permessage-deflate.
+    Data(OpCode, Bytes),
     /// A masked close frame: starts the closing handshake.
     Close(Bytes),
     /// Close the connection, with a close frame (code 1000) or abruptly.
@@ -54,26 +60,21 @@ type Item = Result<Message, Box<Error>>;
 #[derive(Debug, Clone)]
 pub struct Sender {
     tx: mpsc::Sender<Command>,
+    deflate: Option<DeflateParams>,
 }
 
 impl Sender {
     /// Queues a message. A [`Message::Close`] starts the closing handshake; messages
     /// queued after it are dropped.
     pub async fn send(&self, message: Message) -> Result<(), Error> {
-        let command = match &message {
-            Message::Close(_) => Command::Close(message.encode()?),
-            _ => Command::Frame(message.encode()?),
-        };
+        let command = self.command_for(message)?;
         self.command(command).await
     }
 
     /// Queues a message without waiting: fails with [`Error::QueueFull`] when the send
     /// queue is full.
     pub fn try_send(&self, message: Message) -> Result<(), Error> {
-        let command = match &message {
-            Message::Close(_) => Command::Close(message.encode()?),
-            _ => Command::Frame(message.encode()?),
-        };
+        let command = self.command_for(message)?;
         self.tx.try_send(command).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => Error::QueueFull,
             mpsc::error::TrySendError::Closed(_) => Error::Closed,
@@ -82,12 +83,35 @@ impl Sender {
 
     /// Sends a text message.
     pub async fn send_text(&self, text: impl AsRef<str>) -> Result<(), Error> {
-        self.command(Command::Frame(masked_frame(OpCode::Text, text.as_ref().as_bytes()))).await
+        let command = match self.deflate {
+            Some(_) => Command::Data(OpCode::Text, Bytes::copy_from_slice(text.as_ref().as_bytes())),
+            None => Command::Frame(masked_frame(OpCode::Text, text.as_ref().as_bytes())),
+        };
+        self.command(command).await
     }
 
     /// Sends a binary message.
     pub async fn send_binary(&self, data: impl AsRef<[u8]>) -> Result<(), Error> {
-        self.command(Command::Frame(masked_frame(OpCode::Binary, data.as_ref()))).await
+        let command = match self.deflate {
+            Some(_) => Command::Data(OpCode::Binary, Bytes::copy_from_slice(data.as_ref())),
+            None => Command::Frame(masked_frame(OpCode::Binary, data.as_ref())),
+        };
+        self.command(command).await
+    }
+
+    /// The permessage-deflate parameters agreed with the server, or `None` when the
+    /// connection is uncompressed (not offered, or declined).
+    pub fn permessage_deflate(&self) -> Option<DeflateParams> {
+        self.deflate
+    }
+
+    fn command_for(&self, message: Message) -> Result<Command, Error> {
+        Ok(match message {
+            Message::Close(_) => Command::Close(message.encode()?),
+            Message::Text(text) if self.deflate.is_some() => Command::Data(OpCode::Text, text.into_bytes()),
+            Message::Binary(data) if self.deflate.is_some() => Command::Data(OpCode::Binary, data),
+            _ => Command::Frame(message.encode()?),
+        })
     }
 
     /// Sends a ping (at most 125 bytes of payload); the server's pong arrives as
@@ -191,6 +215,9 @@ impl Stream for Receiver {
 /// Settings the connection task needs.
 pub(crate) struct DriverConfig {
     pub(crate) decoder: Decoder,
+    /// With permessage-deflate: the agreed parameters, the compressor of outgoing
+    /// messages and the size below which messages go uncompressed.
+    pub(crate) deflate: Option<(DeflateParams, Compressor, usize)>,
     pub(crate) read_buffer_size: usize,
     pub(crate) close_timeout: Duration,
     pub(crate) send_queue: usize,
@@ -207,7 +234,9 @@ where
     let (item_tx, item_rx) = mpsc::channel(config.receive_queue);
     let mut rbuf = leftover;
     rbuf.reserve(config.read_buffer_size);
+    let params = config.deflate.as_ref().map(|(params, ..)| *params);
     let driver = Driver {
+        deflate: config.deflate.map(|(_, compressor, min_size)| OutgoingDeflate { compressor, min_size }),
         io,
         rbuf,
         read_size: config.read_buffer_size,
@@ -229,7 +258,7 @@ where
         deadline: None,
     };
     tokio::spawn(driver.run());
-    (Sender { tx: command_tx.clone() }, Receiver { rx: item_rx, _alive: command_tx })
+    (Sender { tx: command_tx.clone(), deflate: params }, Receiver { rx: item_rx, _alive: command_tx })
 }
 
 /// How the socket is let go of.
@@ -240,8 +269,36 @@ enum Finish {
     Abort,
 }
 
+/// How a connection with permessage-deflate compresses what it sends.
+struct OutgoingDeflate {
+    compressor: Compressor,
+    /// Messages shorter than this go uncompressed.
+    min_size: usize,
+}
+
+impl OutgoingDeflate {
+    /// One masked frame carrying `payload`, compressed when that pays.
+    fn frame(&mut self, opcode: OpCode, payload: &[u8]) -> Bytes {
+        if payload.len() >= self.min_size {
+            let mut compressed = Vec::new();
+            if self.compressor.compress(payload, &mut compressed).is_ok()
+                // With context takeover the server's window already holds this message
+                // once it is compressed, so it must go out compressed.
+                && (compressed.len() < payload.len() || self.compressor.context_takeover())
+            {
+                let mut out = BytesMut::with_capacity(14 + compressed.len());
+                encode_masked_frame_with_rsv(&mut out, opcode, true, 0b100, &compressed, rand::random());
+                return out.freeze();
+            }
+        }
+        masked_frame(opcode, payload)
+    }
+}
+
 struct Driver<S> {
     io: S,
+    /// `Some` when permessage-deflate was negotiated.
+    deflate: Option<OutgoingDeflate>,
     rbuf: BytesMut,
     read_size: usize,
     decoder: Decoder,
@@ -377,7 +434,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
     fn command(&mut self, command: Command) {
         match command {
             Command::Frame(frame) if !self.close_sent => self.queue(frame),
-            Command::Frame(_) => {}
+            Command::Data(opcode, payload) if !self.close_sent => {
+                let frame = match &mut self.deflate {
+                    Some(deflate) => deflate.frame(opcode, &payload),
+                    None => masked_frame(opcode, &payload),
+                };
+                self.queue(frame);
+            }
+            Command::Frame(_) | Command::Data(..) => {}
             Command::Close(frame) => self.start_close(frame),
             Command::Disconnect { send_close: true } => {
                 self.start_close(close_frame(Some(&CloseFrame { code: CloseCode::Normal, reason: "".into() })))

@@ -4,6 +4,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 
+use ringcast_codec::deflate::ExtensionResponseError;
 use ringcast_codec::handshake::ClientHandshakeError;
 use ringcast_codec::{CloseCode, ProtocolError};
 
@@ -110,6 +111,11 @@ pub enum Error {
         /// The header's value.
         value: String,
     },
+    /// The server's answer to the permessage-deflate offer cannot be used: parameters the
+    /// client did not offer, a window larger than the one asked for, a repeated or
+    /// malformed parameter (RFC 7692 §7.1 makes the client fail the connection).
+    #[error("the server's permessage-deflate answer is refused: {0}")]
+    Extension(#[from] ExtensionResponseError),
     /// The server broke RFC 6455 (or exceeded the message size limit); the client failed
     /// the connection with [`Error::close_code`].
     #[error("protocol error from the server: {0}")]

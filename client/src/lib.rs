@@ -116,6 +116,9 @@ pub use handler::{ClientHandle, DisconnectReason, EventHandler, spawn};
 pub use message::{MAX_CONTROL_PAYLOAD, Message};
 
 pub use bytes::Bytes;
+pub use ringcast_codec::deflate::{
+    ClientDeflateConfig, CompressionLevel, DeflateParams, ExtensionResponseError, WindowBits,
+};
 pub use ringcast_codec::{CloseCode, CloseFrame, ProtocolError, Utf8Bytes};
 pub use rustls;
 

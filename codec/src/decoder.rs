@@ -12,8 +12,9 @@
 
 use bytes::{Bytes, BytesMut};
 
+use crate::deflate::{Direction, InflateError, Inflater};
 use crate::error::ProtocolError;
-use crate::frame::{FrameHeader, FrameRules, HeaderParse, MAX_HEADER_LEN};
+use crate::frame::{FrameHeader, FrameRules, HeaderParse, MAX_HEADER_LEN, RSV1};
 use crate::mask::apply_mask;
 use crate::message::{Assembly, CloseFrame, Incoming, Payload, Text};
 use crate::protocol::{OpCode, Role};
@@ -37,6 +38,8 @@ pub struct DecoderConfig {
     require_mask: Option<bool>,
     allowed_rsv: u8,
     assembly: Assembly,
+    /// The negotiated permessage-deflate direction the peer compresses in.
+    deflate: Option<Direction>,
 }
 
 const fn clamp_u32(bytes: usize) -> u32 {
@@ -52,7 +55,22 @@ impl DecoderConfig {
             require_mask: Some(role.expects_masked_input()),
             allowed_rsv: 0,
             assembly: Assembly::Messages,
+            deflate: None,
         }
+    }
+
+    /// Inflate the messages the peer compresses with permessage-deflate (RFC 7692), as
+    /// negotiated: `incoming` is [`DeflateParams::incoming`](crate::deflate::DeflateParams::incoming)
+    /// for this endpoint's role. RSV1 then marks a compressed message on its first frame
+    /// (and is an error anywhere else); inflated messages stay within the message limit.
+    pub const fn permessage_deflate(mut self, incoming: Option<Direction>) -> Self {
+        self.deflate = incoming;
+        self
+    }
+
+    /// The permessage-deflate direction this decoder inflates, if negotiated.
+    pub const fn deflate(&self) -> Option<Direction> {
+        self.deflate
     }
 
     /// The largest payload one frame may declare (at most 4 GiB − 1).
@@ -100,7 +118,7 @@ impl DecoderConfig {
     pub const fn frame_rules(&self) -> FrameRules {
         FrameRules {
             require_mask: self.require_mask,
-            allowed_rsv: self.allowed_rsv,
+            allowed_rsv: if self.deflate.is_some() { self.allowed_rsv | RSV1 } else { self.allowed_rsv },
             max_frame_size: self.max_frame_size as usize,
         }
     }
@@ -133,6 +151,8 @@ struct MessageProgress {
     data: Vec<u8>,
     /// Validation state over every text byte of the message so far.
     utf8: Utf8Validator,
+    /// The message is compressed (permessage-deflate): `data` holds inflated bytes.
+    compressed: bool,
 }
 
 /// What a decoder keeps between inputs. Boxed, and dropped on every message boundary.
@@ -149,11 +169,14 @@ struct Partial {
     /// caller's buffer: how many of its bytes were checked, and the validator after them.
     /// A hint for failing early only: once whole, the frame is parsed and validated anew.
     waiting: Option<(usize, Utf8Validator)>,
+    /// The permessage-deflate state: while a compressed message arrives, or for the
+    /// connection's life when the peer keeps its window between messages.
+    inflater: Option<Box<Inflater>>,
 }
 
 impl Partial {
     fn is_empty(&self) -> bool {
-        self.header_len == 0 && self.frame.is_none() && self.message.is_none()
+        self.header_len == 0 && self.frame.is_none() && self.message.is_none() && self.inflater.is_none()
     }
 }
 
@@ -213,7 +236,10 @@ impl Decoder {
     /// messages.
     pub fn buffered_bytes(&self) -> usize {
         self.partial.as_ref().map_or(0, |p| {
-            std::mem::size_of::<Partial>() + p.control.capacity() + p.message.as_ref().map_or(0, |m| m.data.capacity())
+            std::mem::size_of::<Partial>()
+                + p.control.capacity()
+                + p.message.as_ref().map_or(0, |m| m.data.capacity())
+                + p.inflater.as_ref().map_or(0, |i| i.heap_bytes())
         })
     }
 
@@ -314,6 +340,10 @@ impl Decoder {
             Err(_) => return Ok(false),
         };
         let (header, header_len, available) = header;
+        if self.is_compressed(&header).unwrap_or(true) {
+            // Inflated as it arrives (an error is reported by `decode`).
+            return Ok(false);
+        }
         let check = |decoder: &mut Decoder| -> Result<(), ProtocolError> {
             decoder.admit_check(&header)?;
             let text = match (header.opcode, decoder.message()) {
@@ -347,7 +377,8 @@ impl Decoder {
                     let Some(header) = self.next_header(input)? else { return Ok(None) };
                     self.admit(&header)?;
                     let payload_len = header.payload_len as usize;
-                    if input.len() >= payload_len {
+                    // A compressed frame is inflated into the decoder's own buffer.
+                    if input.len() >= payload_len && !self.is_compressed(&header)? {
                         let (payload, rest) = std::mem::take(input).split_at_mut(payload_len);
                         *input = rest;
                         if let Some(key) = header.mask {
@@ -411,6 +442,21 @@ impl Decoder {
                 }
                 Ok(None)
             }
+        }
+    }
+
+    /// Whether `header` belongs to a compressed message: RSV1 on a message's first frame,
+    /// or a continuation of a compressed message. RSV1 anywhere else is an error.
+    fn is_compressed(&self, header: &FrameHeader) -> Result<bool, ProtocolError> {
+        if self.config.deflate.is_none() {
+            return Ok(false);
+        }
+        let rsv1 = header.rsv & RSV1 != 0;
+        match header.opcode {
+            OpCode::Continuation if rsv1 => Err(ProtocolError::CompressedBitMisplaced(OpCode::Continuation)),
+            OpCode::Continuation => Ok(self.message().is_some_and(|m| m.compressed)),
+            opcode if opcode.is_control() && rsv1 => Err(ProtocolError::CompressedBitMisplaced(opcode)),
+            _ => Ok(rsv1),
         }
     }
 
@@ -489,6 +535,7 @@ impl Decoder {
                     fragmented: true,
                     data: Vec::new(),
                     utf8: Utf8Validator::new(),
+                    compressed: false,
                 };
                 if message.opcode == OpCode::Text {
                     message.utf8.feed(payload, false).map_err(|_| ProtocolError::InvalidUtf8)?;
@@ -551,6 +598,45 @@ impl Decoder {
         let header = frame.header;
         let payload_len = header.payload_len as usize;
         let take = (payload_len - frame.received).min(input.len());
+        if let Some(direction) = self.config.deflate
+            && self.is_compressed(&header)?
+        {
+            let max = self.config.max_message_size_limit();
+            let partial = self.partial.get_or_insert_with(Box::default);
+            let chunk = &mut input[..take];
+            if let Some(key) = header.mask {
+                apply_mask(chunk, key, frame.received);
+            }
+            let message = partial.message.get_or_insert_with(|| MessageProgress {
+                opcode: header.opcode,
+                admitted: header.payload_len,
+                fragmented: false,
+                data: Vec::new(),
+                utf8: Utf8Validator::new(),
+                compressed: true,
+            });
+            let inflater = partial.inflater.get_or_insert_with(|| Box::new(Inflater::new(direction)));
+            let last = header.fin && frame.received + take == payload_len;
+            let start = message.data.len();
+            inflater.inflate(chunk, last, &mut message.data, max).map_err(|e| match e {
+                InflateError::MessageTooLarge { max } => ProtocolError::MessageTooLarge { len: max as u64 + 1, max },
+                other => ProtocolError::InvalidCompressedData(other.to_string()),
+            })?;
+            if message.opcode == OpCode::Text {
+                message.utf8.feed(&message.data[start..], false).map_err(|_| ProtocolError::InvalidUtf8)?;
+            }
+            if last && !inflater.context_takeover() {
+                // Nothing survives the message: the next one starts a new stream.
+                partial.inflater = None;
+            }
+            advance(input, take);
+            frame.received += take;
+            if frame.received < payload_len {
+                partial.frame = Some(frame);
+                return Ok(None);
+            }
+            return Ok(Some(frame));
+        }
         let partial = self.partial.get_or_insert_with(Box::default);
         let chunk = &input[..take];
         if header.opcode.is_control() {
@@ -566,6 +652,7 @@ impl Decoder {
                 fragmented: false,
                 data: Vec::new(),
                 utf8: Utf8Validator::new(),
+                compressed: false,
             });
             let cap = match self.config.assembly {
                 Assembly::Messages => message.admitted,
@@ -859,6 +946,70 @@ mod tests {
         assert_eq!(drain(&mut Decoder::new(config), &wire).unwrap().len(), 3);
         let wire = [0x01, 0x01, b'a', 0x80, 0x01, 0xc3];
         assert_eq!(drain(&mut Decoder::new(config), &wire), Err(ProtocolError::InvalidUtf8));
+    }
+
+    fn deflating_client() -> Decoder {
+        let incoming =
+            crate::deflate::Direction { window_bits: crate::deflate::WindowBits::MAX, context_takeover: false };
+        Decoder::new(DecoderConfig::new(Role::Client).permessage_deflate(Some(incoming)))
+    }
+
+    #[test]
+    fn rfc_7692_examples_inflate_whole_fragmented_and_in_pieces() {
+        // §7.2.3.1: "Hello" compressed in one frame; §7.2.3.2: the same in two fragments.
+        let single = [0xc1, 0x07, 0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
+        let fragmented = [0x41, 0x03, 0xf2, 0x48, 0xcd, 0x80, 0x04, 0xc9, 0xc9, 0x07, 0x00];
+        for wire in [&single[..], &fragmented[..]] {
+            for chunk in 1..=wire.len() {
+                let mut decoder = deflating_client();
+                assert_eq!(drain_chunked(&mut decoder, wire, chunk), Ok(vec![Incoming::Text("Hello".into())]));
+                assert_eq!(decoder.buffered_bytes(), 0, "no inflate state kept without context takeover");
+            }
+        }
+        // An uncompressed message on the same connection is read as it is.
+        assert_eq!(drain(&mut deflating_client(), &[0x81, 0x02, b'h', b'i']), Ok(vec![Incoming::Text("hi".into())]));
+    }
+
+    #[test]
+    fn rsv1_is_refused_where_permessage_deflate_does_not_put_it() {
+        // On a continuation, on a control frame, and anywhere without the extension.
+        assert_eq!(
+            drain(&mut deflating_client(), &[0x01, 0x01, b'a', 0xc0, 0x01, b'b']),
+            Err(ProtocolError::CompressedBitMisplaced(OpCode::Continuation))
+        );
+        assert_eq!(
+            drain(&mut deflating_client(), &[0xc9, 0x00]),
+            Err(ProtocolError::CompressedBitMisplaced(OpCode::Ping))
+        );
+        let error = drain(&mut client(), &[0xc1, 0x07, 0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00]).unwrap_err();
+        assert_eq!(error, ProtocolError::ReservedBits(RSV1));
+        assert_eq!(error.close_code(), CloseCode::Protocol);
+    }
+
+    #[test]
+    fn a_deflate_bomb_stops_at_the_limit_and_corrupt_data_is_1007() {
+        let mut compressor =
+            crate::deflate::Compressor::new(crate::deflate::CompressionLevel::BEST, crate::deflate::WindowBits::MAX);
+        let mut compressed = Vec::new();
+        compressor.compress(&vec![0u8; 10 << 20], &mut compressed).unwrap();
+        let mut wire = vec![0xc2, 0x7e];
+        wire.extend_from_slice(&(compressed.len() as u16).to_be_bytes());
+        wire.extend_from_slice(&compressed);
+        let incoming =
+            crate::deflate::Direction { window_bits: crate::deflate::WindowBits::MAX, context_takeover: false };
+        let config = DecoderConfig::new(Role::Client).max_message_size(1 << 20).permessage_deflate(Some(incoming));
+        let error = drain(&mut Decoder::new(config), &wire).unwrap_err();
+        assert_eq!(error.close_code(), CloseCode::Size);
+        // Garbage that does not inflate.
+        let error = drain(&mut deflating_client(), &[0xc1, 0x03, 0xff, 0xff, 0xff]).unwrap_err();
+        assert!(matches!(error, ProtocolError::InvalidCompressedData(_)), "{error:?}");
+        assert_eq!(error.close_code(), CloseCode::Invalid);
+        // Inflated text is validated as UTF-8.
+        let mut bad = Vec::new();
+        compressor.compress(b"ok \xff", &mut bad).unwrap();
+        let mut wire = vec![0xc1, bad.len() as u8];
+        wire.extend_from_slice(&bad);
+        assert_eq!(drain(&mut deflating_client(), &wire), Err(ProtocolError::InvalidUtf8));
     }
 
     #[test]

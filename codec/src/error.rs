@@ -69,6 +69,14 @@ pub enum ProtocolError {
     /// A close frame's reason was not valid UTF-8.
     #[error("close reason is not valid UTF-8")]
     InvalidCloseReason,
+    /// A permessage-deflate message did not inflate (RFC 7692 §8.2.3.4: the connection
+    /// must fail); closed with 1007, the payload being inconsistent with its type.
+    #[error("invalid compressed data: {0}")]
+    InvalidCompressedData(String),
+    /// RSV1 on a frame permessage-deflate does not allow it on: a control frame or a
+    /// continuation (RFC 7692 §6.1).
+    #[error("RSV1 set on a {0} frame")]
+    CompressedBitMisplaced(OpCode),
 }
 
 impl ProtocolError {
@@ -76,7 +84,9 @@ impl ProtocolError {
     /// (RFC 6455 §7.4.1): 1007 for bad UTF-8, 1009 for size limits, 1002 otherwise.
     pub const fn close_code(&self) -> CloseCode {
         match self {
-            ProtocolError::InvalidUtf8 | ProtocolError::InvalidCloseReason => CloseCode::Invalid,
+            ProtocolError::InvalidUtf8
+            | ProtocolError::InvalidCloseReason
+            | ProtocolError::InvalidCompressedData(_) => CloseCode::Invalid,
             ProtocolError::FrameTooLarge { .. } | ProtocolError::MessageTooLarge { .. } => CloseCode::Size,
             _ => CloseCode::Protocol,
         }

@@ -217,6 +217,29 @@ impl PreparedMessage {
     pub fn into_bytes(self) -> Bytes {
         self.bytes
     }
+
+    /// The payload without frame headers: a zero-copy slice of the frames when the
+    /// message is one frame, the frames' payloads joined (a copy) when it is split.
+    pub fn payload(&self) -> Bytes {
+        let mut at = 0;
+        let mut joined = Vec::new();
+        let rules =
+            crate::frame::FrameRules { require_mask: Some(false), allowed_rsv: 0b111, max_frame_size: usize::MAX };
+        while at < self.bytes.len() {
+            let Ok(crate::frame::HeaderParse::Complete { header, header_len }) =
+                FrameHeader::parse(&self.bytes[at..], &rules)
+            else {
+                break;
+            };
+            let (start, end) = (at + header_len, at + header_len + header.payload_len as usize);
+            if self.frame_count == 1 {
+                return self.bytes.slice(start..end);
+            }
+            joined.extend_from_slice(&self.bytes[start..end]);
+            at = end;
+        }
+        Bytes::from(joined)
+    }
 }
 
 fn put_frame(out: &mut BytesMut, header: FrameHeader, payload: &[u8]) {
@@ -300,6 +323,15 @@ mod tests {
         }
         assert_eq!(at, bytes.len());
         out
+    }
+
+    #[test]
+    fn the_payload_comes_back_without_headers() {
+        let whole = PreparedMessage::text("Hello", Split::Whole);
+        assert_eq!(whole.payload(), "Hello");
+        assert_eq!(whole.payload().as_ptr(), whole.as_bytes()[2..].as_ptr(), "a slice of the frame");
+        let split = PreparedMessage::binary(&[7; 300], Split::frame_size(64).unwrap());
+        assert_eq!(&split.payload()[..], &[7; 300][..]);
     }
 
     #[test]

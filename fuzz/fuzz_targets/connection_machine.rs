@@ -13,12 +13,20 @@ use ringcast::fuzzing::{FuzzConn, Step};
 const UPGRADE: &[u8] = b"GET / HTTP/1.1\r\nHost: f\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
     Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 
+/// The same, offering permessage-deflate as browsers do (accepted when the selector
+/// enables it).
+const UPGRADE_DEFLATE: &[u8] = b"GET / HTTP/1.1\r\nHost: f\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+    Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
+
 fuzz_target!(|data: &[u8]| {
     let mut u = Unstructured::new(data);
     let selector = u.arbitrary::<u8>().unwrap_or(0);
     let mut conn = FuzzConn::new(selector);
-    if u.arbitrary::<bool>().unwrap_or(true) {
-        conn.step(Step::Input(UPGRADE));
+    match u.arbitrary::<u8>().unwrap_or(0) % 3 {
+        0 => conn.step(Step::Input(UPGRADE)),
+        1 => conn.step(Step::Input(UPGRADE_DEFLATE)),
+        _ => {}
     }
     while !u.is_empty() {
         let op = u.arbitrary::<u8>().unwrap_or(0);

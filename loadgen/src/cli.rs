@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::wire::PayloadKind;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 const ABOUT: &str = "Load generator for WebSocket fan-out servers: thousands of clients, honest latency.";
@@ -130,6 +131,17 @@ pub struct CommonArgs {
     /// Client threads per process, each with its own event loop [default: 1].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+
+    /// Offer permessage-deflate (RFC 7692) the way browsers do. Compressed deliveries are
+    /// counted by their bytes on the wire, and only their first bytes (the stamp) are
+    /// inflated, so the load generator spends its CPU on reading, not inflating.
+    #[arg(long)]
+    pub deflate: bool,
+
+    /// What the messages look like: binary (stamp and a repeating filler) or json (text
+    /// quote updates, compressible as real feed data is; use it with --deflate).
+    #[arg(long, value_enum, default_value_t = PayloadKind::Binary)]
+    pub payload_kind: PayloadKind,
 
     /// wss://: extra root certificates (PEM).
     #[arg(long, value_name = "FILE")]

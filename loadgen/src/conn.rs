@@ -76,17 +76,22 @@ impl Target {
         format!("{}://{host}:{}{}", if self.tls { "wss" } else { "ws" }, self.port, self.path)
     }
 
-    fn handshake(&self) -> Result<ClientHandshake, String> {
+    fn handshake(&self, deflate: bool) -> Result<ClientHandshake, String> {
+        let offer = [("Sec-WebSocket-Extensions", DEFLATE_OFFER)];
         let request = ClientRequest {
             host: &self.host,
             port: self.port,
             secure: self.tls,
             path: &self.path,
+            headers: if deflate { &offer } else { &[] },
             ..Default::default()
         };
         ClientHandshake::new(&request, rand::random()).map_err(|e| format!("handshake: {e}"))
     }
 }
+
+/// The permessage-deflate offer browsers make.
+const DEFLATE_OFFER: &str = "permessage-deflate; client_max_window_bits";
 
 /// How wss:// servers are verified.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -231,13 +236,15 @@ pub fn describe(stage: &str, e: &io::Error) -> String {
     format!("{stage}: {text}")
 }
 
-/// Opens one WebSocket connection: TCP connect, TLS, upgrade. Returns the stream and the
-/// bytes already read past the `101` head.
+/// Opens one WebSocket connection: TCP connect, TLS, upgrade, offering permessage-deflate
+/// if `deflate`. Returns the stream, the bytes already read past the `101` head and
+/// whether the server accepted permessage-deflate.
 pub async fn open(
     target: &Target,
     source: Option<IpAddr>,
     tls: Option<&tokio_rustls::TlsConnector>,
-) -> Result<(Stream, BytesMut), String> {
+    deflate: bool,
+) -> Result<(Stream, BytesMut, bool), String> {
     let tcp = socket(target.addr, source).map_err(|e| describe("socket", &e))?;
     let tcp = tcp.connect(target.addr).await.map_err(|e| describe("connect", &e))?;
     tcp.set_nodelay(true).map_err(|e| describe("connect", &e))?;
@@ -248,17 +255,36 @@ pub async fn open(
             Stream::Tls(Box::new(connector.connect(name, tcp).await.map_err(|e| describe("tls", &e))?))
         }
     };
-    let handshake = target.handshake()?;
+    let handshake = target.handshake(deflate)?;
     stream.write_all(handshake.request()).await.map_err(|e| describe("handshake", &e))?;
     let mut buf = BytesMut::with_capacity(1024);
     loop {
         if stream.read_buf(&mut buf).await.map_err(|e| describe("handshake", &e))? == 0 {
             return Err("handshake: connection closed by the server".into());
         }
-        if let Some((_, head_len)) = handshake.parse_response(&buf).map_err(|e| format!("handshake: {e}"))? {
+        if let Some((response, head_len)) = handshake.parse_response(&buf).map_err(|e| format!("handshake: {e}"))? {
             buf.advance(head_len);
-            return Ok((stream, buf));
+            let accepted = accepted_deflate(&response.headers)?;
+            if accepted && !deflate {
+                return Err("handshake: the server enabled permessage-deflate, which was not offered".into());
+            }
+            return Ok((stream, buf, accepted));
         }
+    }
+}
+
+/// Whether the `101` agreed to permessage-deflate, checked against the offer: the load
+/// generator reads compressed messages only if the server compresses each on its own.
+fn accepted_deflate(headers: &[(String, String)]) -> Result<bool, String> {
+    let config = ringcast_codec::deflate::ClientDeflateConfig::new();
+    match config.accept_response_headers(headers) {
+        Ok(None) => Ok(false),
+        Ok(Some(params)) if params.server_no_context_takeover() => Ok(true),
+        Ok(Some(_)) => Err(
+            "handshake: permessage-deflate without server_no_context_takeover is not supported by the load generator"
+                .into(),
+        ),
+        Err(e) => Err(format!("handshake: {e}")),
     }
 }
 
@@ -308,7 +334,7 @@ pub fn open_blocking(target: &Target, tls: Option<Arc<rustls::ClientConfig>>) ->
             BlockingStream::Tls(Box::new(rustls::StreamOwned::new(conn, tcp)))
         }
     };
-    let handshake = target.handshake()?;
+    let handshake = target.handshake(false)?;
     stream.write_all(handshake.request()).map_err(|e| describe("handshake", &e))?;
     stream.flush().map_err(|e| describe("handshake", &e))?;
     let mut buf = Vec::with_capacity(1024);

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use hdrhistogram::Histogram;
+use ringcast_codec::frame::{FrameHeader, FrameRules, HeaderParse};
 use ringcast_codec::{Assembly, Decoder, DecoderConfig, Incoming, OpCode, Role, encode_masked_frame};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,7 +27,7 @@ use tokio::sync::{Notify, watch};
 use crate::clock::{instant_at, now_ns};
 use crate::conn::{self, Stream, Target, TlsOptions, describe};
 use crate::stats::{GroupResult, Hist, SeqSet, latency_histogram};
-use crate::wire::{self, StampReader};
+use crate::wire::{self, CompressedStamp, StampInflater, StampReader};
 
 /// What the clients do once connected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -90,6 +91,12 @@ pub struct GroupConfig {
     pub planned_messages: u64,
     /// Broadcast: the first `warmup_messages` are not measured.
     pub warmup_messages: u64,
+    /// Offer permessage-deflate.
+    #[serde(default)]
+    pub deflate: bool,
+    /// What the messages look like.
+    #[serde(default)]
+    pub payload_kind: wire::PayloadKind,
 }
 
 /// Where the run is. Every group goes Connect → Run → (Drain) → done; Stop ends early.
@@ -256,6 +263,10 @@ struct Ctx {
     connect_first: Cell<u64>,
     connect_last: Cell<u64>,
     disconnects: Cell<u64>,
+    /// Connections that agreed on permessage-deflate.
+    deflate_connections: Cell<u64>,
+    /// Reads the stamps of compressed messages, for every client of the shard.
+    stamp_inflater: RefCell<StampInflater>,
 }
 
 impl Ctx {
@@ -318,6 +329,8 @@ fn run_shard(
         connect_first: Cell::new(0),
         connect_last: Cell::new(0),
         disconnects: Cell::new(0),
+        deflate_connections: Cell::new(0),
+        stamp_inflater: RefCell::default(),
     });
     let local = tokio::task::LocalSet::new();
     let sent = local.block_on(&runtime, shard_main(ctx.clone(), shard));
@@ -419,6 +432,7 @@ fn collect(ctx: &Ctx, sent: u64) -> GroupResult {
         latency: Hist(ctx.latency.borrow().clone()),
         connect: Hist(ctx.connect.borrow().clone()),
         errors: ctx.errors.borrow().clone(),
+        deflate_connections: ctx.deflate_connections.get(),
         ..Default::default()
     };
     for client in ctx.clients.borrow().iter() {
@@ -456,11 +470,12 @@ async fn client_task(ctx: Rc<Ctx>, index: usize, state: Rc<RefCell<ClientState>>
         ctx.connect_first.set(started);
     }
     let timeout = Duration::from_millis(config.connect_timeout_ms);
-    let opened = tokio::time::timeout(timeout, conn::open(&config.target, source, ctx.tls.as_ref())).await;
+    let opened =
+        tokio::time::timeout(timeout, conn::open(&config.target, source, ctx.tls.as_ref(), config.deflate)).await;
     ctx.pending.set(ctx.pending.get() - 1);
     ctx.pending_done.notify_one();
     let opened = opened.unwrap_or_else(|_| Err(format!("connect: no upgrade within {timeout:?}")));
-    let (mut stream, buf) = match opened {
+    let (mut stream, buf, deflate) = match opened {
         Ok(opened) => opened,
         Err(e) => {
             ctx.progress.failed.fetch_add(1, Relaxed);
@@ -474,12 +489,15 @@ async fn client_task(ctx: Rc<Ctx>, index: usize, state: Rc<RefCell<ClientState>>
     ctx.connect_last.set(ctx.connect_last.get().max(done));
     ctx.progress.connected.fetch_add(1, Relaxed);
     state.borrow_mut().connected = true;
-    let mut reader = Reader::new(buf);
+    if deflate {
+        ctx.deflate_connections.set(ctx.deflate_connections.get() + 1);
+    }
+    let mut reader = Reader::new(buf, config.payload_kind, deflate);
     let outcome = match config.scenario {
         Scenario::Broadcast => subscribe(&ctx, &state, &mut stream, &mut reader).await,
         Scenario::Echo => echo(&ctx, &state, &mut stream, &mut reader, index).await,
         Scenario::Idle => loop {
-            if let Err(e) = reader.next(&mut stream).await {
+            if let Err(e) = reader.next(&ctx, &mut stream).await {
                 break Err(e);
             }
         },
@@ -496,22 +514,47 @@ async fn client_task(ctx: Rc<Ctx>, index: usize, state: Rc<RefCell<ClientState>>
 /// Reads whole messages' stamps off one connection, answering pings.
 struct Reader {
     buf: BytesMut,
+    kind: wire::PayloadKind,
+    /// Without permessage-deflate: the codec's decoder, frame by frame.
     decoder: Decoder,
     stamp: StampReader,
+    /// With permessage-deflate: frames are split here, and compressed messages' stamps
+    /// read from their first bytes.
+    deflate: Option<DeflateFrames>,
+}
+
+struct DeflateFrames {
+    /// The message being received is compressed (RSV1 on its first frame).
+    compressed: bool,
+    stamp: CompressedStamp,
 }
 
 /// Each read asks for at least this much room.
 const READ_CHUNK: usize = 8 * 1024;
+const RSV1: u8 = 0b100;
 
 impl Reader {
-    fn new(buf: BytesMut) -> Reader {
+    fn new(buf: BytesMut, kind: wire::PayloadKind, deflate: bool) -> Reader {
         let config = DecoderConfig::new(Role::Client).assembly(Assembly::Frames).max_message_size(1 << 30);
-        Reader { buf, decoder: Decoder::new(config.max_frame_size(1 << 30)), stamp: StampReader::default() }
+        Reader {
+            buf,
+            kind,
+            decoder: Decoder::new(config.max_frame_size(1 << 30)),
+            stamp: StampReader::new(kind),
+            deflate: deflate.then(|| DeflateFrames { compressed: false, stamp: CompressedStamp::default() }),
+        }
     }
 
-    /// The next message's `(seq, sent_ns, len)`; messages without a stamp are errors.
-    async fn next(&mut self, stream: &mut Stream) -> Result<(u64, u64, usize), String> {
+    /// The next message's `(seq, sent_ns, len)`, `len` being its payload bytes on the wire
+    /// (compressed, if it was); messages without a stamp are errors.
+    async fn next(&mut self, ctx: &Ctx, stream: &mut Stream) -> Result<(u64, u64, usize), String> {
         loop {
+            if self.deflate.is_some() {
+                if let Some(stamped) = self.next_deflate_frame(ctx, stream).await? {
+                    return Ok(stamped);
+                }
+                continue;
+            }
             while let Some(event) = self.decoder.decode_buf(&mut self.buf).map_err(|e| format!("protocol: {e}"))? {
                 match event {
                     Incoming::Fragment { fin, payload, .. } => {
@@ -519,28 +562,88 @@ impl Reader {
                             return Ok(stamped);
                         }
                         if fin {
-                            return Err("protocol: a message shorter than the 16-byte stamp".into());
+                            return Err("protocol: a message shorter than its stamp".into());
                         }
                     }
-                    Incoming::Ping(payload) => {
-                        let mut out = BytesMut::new();
-                        encode_masked_frame(&mut out, OpCode::Pong, true, &payload, rand::random());
-                        stream.write_all(&out).await.map_err(|e| describe("write", &e))?;
-                    }
-                    Incoming::Close(frame) => {
-                        return Err(match frame {
-                            Some(f) => format!("closed by the server with code {}", u16::from(f.code)),
-                            None => "closed by the server".into(),
-                        });
-                    }
+                    Incoming::Ping(payload) => pong(stream, &payload).await?,
+                    Incoming::Close(frame) => return Err(closed(frame.map(|f| u16::from(f.code)))),
                     _ => {}
                 }
             }
-            self.buf.reserve(READ_CHUNK);
-            if stream.read_buf(&mut self.buf).await.map_err(|e| describe("read", &e))? == 0 {
-                return Err("read: connection closed by the server".into());
+            self.fill(stream).await?;
+        }
+    }
+
+    /// With permessage-deflate: handles the next whole frame in the buffer (reading more
+    /// first if needed); returns a message's stamp on its final frame.
+    async fn next_deflate_frame(
+        &mut self,
+        ctx: &Ctx,
+        stream: &mut Stream,
+    ) -> Result<Option<(u64, u64, usize)>, String> {
+        let rules = FrameRules { allowed_rsv: RSV1, ..FrameRules::for_role(Role::Client, 1 << 30) };
+        let (header, header_len) = loop {
+            match FrameHeader::parse(&self.buf, &rules).map_err(|e| format!("protocol: {e}"))? {
+                HeaderParse::Complete { header, header_len }
+                    if self.buf.len() >= header_len + header.payload_len as usize =>
+                {
+                    break (header, header_len);
+                }
+                _ => self.fill(stream).await?,
+            }
+        };
+        let frame = self.buf.split_to(header_len + header.payload_len as usize);
+        let payload = &frame[header_len..];
+        let Some(deflate) = self.deflate.as_mut() else { return Ok(None) };
+        match header.opcode {
+            OpCode::Ping => pong(stream, payload).await?,
+            OpCode::Close => {
+                let code = (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                return Err(closed(code));
+            }
+            OpCode::Pong => {}
+            opcode => {
+                if opcode != OpCode::Continuation {
+                    deflate.compressed = header.rsv & RSV1 != 0;
+                }
+                let stamped = if deflate.compressed {
+                    let mut inflater = ctx.stamp_inflater.borrow_mut();
+                    match deflate.stamp.push(payload, header.fin, self.kind, &mut inflater) {
+                        Some(Err(())) => return Err("protocol: a compressed message without a readable stamp".into()),
+                        Some(Ok(stamped)) => Some(stamped),
+                        None => None,
+                    }
+                } else {
+                    self.stamp.push(payload, header.fin)
+                };
+                if stamped.is_none() && header.fin {
+                    return Err("protocol: a message shorter than its stamp".into());
+                }
+                return Ok(stamped);
             }
         }
+        Ok(None)
+    }
+
+    async fn fill(&mut self, stream: &mut Stream) -> Result<(), String> {
+        self.buf.reserve(READ_CHUNK);
+        if stream.read_buf(&mut self.buf).await.map_err(|e| describe("read", &e))? == 0 {
+            return Err("read: connection closed by the server".into());
+        }
+        Ok(())
+    }
+}
+
+async fn pong(stream: &mut Stream, payload: &[u8]) -> Result<(), String> {
+    let mut out = BytesMut::new();
+    encode_masked_frame(&mut out, OpCode::Pong, true, payload, rand::random());
+    stream.write_all(&out).await.map_err(|e| describe("write", &e))
+}
+
+fn closed(code: Option<u16>) -> String {
+    match code {
+        Some(code) => format!("closed by the server with code {code}"),
+        None => "closed by the server".into(),
     }
 }
 
@@ -552,7 +655,7 @@ async fn subscribe(
 ) -> Result<(), String> {
     let warmup = ctx.config.warmup_messages;
     loop {
-        let (seq, sent_ns, len) = reader.next(stream).await?;
+        let (seq, sent_ns, len) = reader.next(ctx, stream).await?;
         let now = now_ns();
         let mut st = state.borrow_mut();
         st.received += 1;
@@ -602,7 +705,7 @@ async fn echo(
     let end = measure_from + config.duration_ns;
     // Spread the clients' first sends over one interval.
     let mut next = t0 + (index as u64 % config.total_clients as u64) * interval / config.total_clients as u64;
-    let mut message = wire::MaskedMessage::new(config.payload, rand::random());
+    let mut message = wire::MaskedMessage::new(config.payload, config.payload_kind, rand::random());
     for seq in 0.. {
         if next > now_ns() {
             tokio::time::sleep_until(instant_at(next)).await;
@@ -614,7 +717,7 @@ async fn echo(
         stream.write_all(message.stamped(seq, sent)).await.map_err(|e| describe("write", &e))?;
         state.borrow_mut().sent += 1;
         let len = loop {
-            let (got, _, len) = reader.next(stream).await?;
+            let (got, _, len) = reader.next(ctx, stream).await?;
             if got == seq {
                 break len;
             }

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use ringcast_codec::{OpCode, encode_masked_frame};
+use ringcast_codec::encode_masked_frame;
 
 use crate::clock::{now_ns, sleep_until};
 use crate::conn::{BlockingStream, Target, open_blocking};
@@ -47,20 +47,21 @@ impl Publisher {
         rate: f64,
         count: u64,
         payload: usize,
+        kind: wire::PayloadKind,
     ) -> std::thread::JoinHandle<(PublisherResult, Publisher)> {
         std::thread::Builder::new()
             .name("publisher".into())
             .spawn(move || {
                 let mut result = PublisherResult::default();
-                let mut message = wire::payload(payload);
+                let mut message = wire::payload(payload, kind);
                 let mut frame = BytesMut::with_capacity(message.len() + 14);
                 for seq in 0..count {
                     let due = t0 + (seq as f64 * 1e9 / rate) as u64;
                     sleep_until(due);
                     result.lag.0.saturating_record((now_ns() - due) / 1000);
-                    wire::stamp(&mut message, seq, due);
+                    wire::stamp(&mut message, kind, seq, due);
                     frame.clear();
-                    encode_masked_frame(&mut frame, OpCode::Binary, true, &message, rand::random());
+                    encode_masked_frame(&mut frame, kind.opcode(), true, &message, rand::random());
                     if let Err(e) = self.stream.write_all(&frame).and_then(|()| self.stream.flush()) {
                         result.error = Some(crate::conn::describe("publisher write", &e));
                         break;

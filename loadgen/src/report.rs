@@ -101,6 +101,18 @@ pub struct RunReport {
     pub clients: u64,
     /// Message size, bytes.
     pub payload: u64,
+    /// What the messages looked like (binary, json).
+    #[serde(default)]
+    pub payload_kind: crate::wire::PayloadKind,
+    /// Whether the clients offered permessage-deflate.
+    #[serde(default)]
+    pub deflate: bool,
+    /// Connections on which the server accepted it.
+    #[serde(default)]
+    pub deflate_connections: u64,
+    /// Measured payload bytes on the wire per delivery (compressed ones as compressed).
+    #[serde(default)]
+    pub wire_bytes_per_delivery: f64,
     /// Broadcast: publisher messages/s; echo: per-client messages/s (0: unpaced).
     pub rate: f64,
     /// How the rate was chosen.

@@ -199,6 +199,15 @@ fn sample(server: Option<u32>, workers: &[u32]) -> Sample {
 
 fn run(common: &CommonArgs, spec: Spec) -> Result<RunReport, String> {
     let mut notes = Vec::new();
+    let kind = common.payload_kind;
+    if spec.scenario != Scenario::Idle && spec.payload < kind.min_len() {
+        return Err(format!(
+            "--payload {}: {} messages are at least {} bytes",
+            spec.payload,
+            kind.name(),
+            kind.min_len()
+        ));
+    }
     let target = Target::parse(&common.url)?;
     let tls_options = TlsOptions { ca_file: common.ca_file.clone(), insecure: common.insecure };
     let clients = common.clients.max(1);
@@ -262,6 +271,8 @@ fn run(common: &CommonArgs, spec: Spec) -> Result<RunReport, String> {
         drain_ns: spec.drain.as_nanos() as u64,
         planned_messages: planned,
         warmup_messages,
+        deflate: common.deflate,
+        payload_kind: common.payload_kind,
     };
     let mut groups = Vec::new();
     let mut first = 0;
@@ -320,7 +331,7 @@ fn run(common: &CommonArgs, spec: Spec) -> Result<RunReport, String> {
     for g in &groups {
         g.set_phase(Phase::Run { t0 });
     }
-    let publisher_thread = publisher.map(|p| p.start(t0, spec.rate, planned, spec.payload));
+    let publisher_thread = publisher.map(|p| p.start(t0, spec.rate, planned, spec.payload, common.payload_kind));
     // Broadcast: the measured window starts at the first measured message's scheduled time.
     let window_start = match spec.scenario {
         Scenario::Broadcast => t0 + (warmup_messages as f64 * 1e9 / spec.rate) as u64,
@@ -537,6 +548,10 @@ fn build_report(common: &CommonArgs, spec: &Spec, b: Built) -> RunReport {
         setting: common.server_setting.clone(),
         clients,
         payload: spec.payload as u64,
+        payload_kind: common.payload_kind,
+        deflate: common.deflate,
+        deflate_connections: m.deflate_connections,
+        wire_bytes_per_delivery: if m.measured > 0 { m.measured_bytes as f64 / m.measured as f64 } else { 0.0 },
         rate: spec.rate,
         rate_rule: spec.rate_rule.clone(),
         warmup_s: spec.warmup.as_secs_f64(),

@@ -112,6 +112,9 @@ pub struct GroupResult {
     /// Worker processes: their CPU seconds when they sent this result (summed when merged).
     #[serde(default)]
     pub process_cpu_s: f64,
+    /// Connections on which the server accepted permessage-deflate.
+    #[serde(default)]
+    pub deflate_connections: u64,
 }
 
 impl GroupResult {
@@ -140,6 +143,7 @@ impl GroupResult {
         self.latency.merge(&o.latency);
         self.connect.merge(&o.connect);
         self.process_cpu_s += o.process_cpu_s;
+        self.deflate_connections += o.deflate_connections;
         for (k, v) in &o.errors {
             *self.errors.entry(k.clone()).or_default() += v;
         }

@@ -160,3 +160,42 @@ fn small_broadcast_against_ringcast_loses_nothing() {
     let frame_size = read("frame-size.svg");
     assert!(frame_size.contains("ringcast split 4 KiB") && !frame_size.contains(">\nother\n<"), "only ringcast");
 }
+
+/// `--deflate --payload-kind json`: every client negotiates permessage-deflate with the
+/// service (on by default), every message arrives (its stamp read from the compressed
+/// bytes), and the bytes on the wire per delivery are a fraction of the payload.
+#[test]
+fn compressed_broadcast_against_ringcast_loses_nothing() {
+    let port = free_port();
+    let server = Command::new(ringcast_binary())
+        .args(["serve", "--port", &port.to_string(), "--bind", "127.0.0.1", "--mode", "broadcast"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start ringcast serve");
+    let server = Server(server);
+    wait_for_port(port);
+    let out = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_ringcast-loadgen"))
+        .args(["broadcast", &format!("ws://127.0.0.1:{port}/"), "--clients", "200", "--payload", "4KiB"])
+        .args(["--deflate", "--payload-kind", "json", "--rate", "50", "--warmup", "500ms", "--duration", "1s"])
+        .args(["--drain", "10s", "--server-pid", &server.0.id().to_string(), "--progress", "none"])
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .expect("run ringcast-loadgen");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "loadgen failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("result.json")).unwrap()).unwrap();
+    assert_eq!(json["deflate_connections"], 200, "{stdout}");
+    assert_eq!(json["lost"], 0, "{stdout}");
+    assert_eq!(json["passed"], true, "{stdout}");
+    let per_delivery = json["wire_bytes_per_delivery"].as_f64().unwrap();
+    assert!(per_delivery > 0.0 && per_delivery < 4096.0 / 2.0, "{per_delivery} bytes on the wire per 4 KiB delivery");
+}

@@ -1,11 +1,12 @@
-//! An echo server: every message comes back to its sender. The conformance suites
-//! (Autobahn) run against it.
+//! An echo server: every message comes back to its sender, compressed with
+//! permessage-deflate when the client offers it. The conformance suites (Autobahn) run
+//! against it.
 //!
 //! ```text
 //! cargo run --release --example echo -- --port 9001 [--workers N]
 //! ```
 
-use ringcast::{Connection, Handler, Server};
+use ringcast::{Connection, Handler, Server, ServerDeflateConfig};
 
 struct Echo;
 
@@ -32,7 +33,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             other => return Err(format!("unknown argument {other}; usage: echo [--port N] [--workers N]").into()),
         }
     }
-    let mut builder = Server::builder().port(port);
+    // Autobahn's compression cases echo every size, so compress every size.
+    let deflate = ServerDeflateConfig::new().min_message_size(0);
+    let mut builder = Server::builder().port(port).permessage_deflate(deflate);
     if let Some(workers) = workers {
         builder = builder.workers(workers);
     }

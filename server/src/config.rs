@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ringcast_codec::Split;
+use ringcast_codec::deflate::ServerDeflateConfig;
 
 /// The port a server listens on unless told otherwise.
 pub const DEFAULT_PORT: u16 = 8888;
@@ -92,6 +93,7 @@ pub struct Config {
     pub(crate) recv_buffer_size: usize,
     /// The origin of the connections' compact timestamps (milliseconds since it).
     pub(crate) epoch: std::time::Instant,
+    pub(crate) deflate: ServerDeflateConfig,
 }
 
 impl Default for Config {
@@ -119,6 +121,7 @@ impl Default for Config {
             recv_buffers: 64,
             recv_buffer_size: 64 << 10,
             epoch: std::time::Instant::now(),
+            deflate: ServerDeflateConfig::new().enabled(false),
         }
     }
 }
@@ -355,6 +358,27 @@ impl ServerBuilder {
     pub fn recv_buffers(mut self, count: u16, size: usize) -> Self {
         self.config.recv_buffers = count.clamp(2, 32768);
         self.config.recv_buffer_size = size.clamp(256, u32::MAX as usize);
+        self
+    }
+
+    /// Negotiate permessage-deflate (RFC 7692) with clients that offer it (every browser
+    /// does), with these settings: level, the size below which messages go uncompressed,
+    /// window limits (see [`ServerDeflateConfig`]). Off by default.
+    ///
+    /// The server always answers with `server_no_context_takeover`, so every message it
+    /// sends is self-contained: a broadcast is compressed at most once per window size
+    /// actually in use (one, with default settings) and the same bytes go to every
+    /// subscriber that negotiated it; a compressed variant that is not smaller is not
+    /// used. By default clients are also asked for `client_no_context_takeover`, so a
+    /// connection holds inflate state (47 KiB) only while a compressed message arrives.
+    ///
+    /// ```
+    /// use ringcast::{Server, ServerDeflateConfig};
+    /// let builder = Server::builder().permessage_deflate(ServerDeflateConfig::new().min_message_size(128));
+    /// # let _ = builder;
+    /// ```
+    pub fn permessage_deflate(mut self, deflate: ServerDeflateConfig) -> Self {
+        self.config.deflate = deflate;
         self
     }
 

@@ -6,6 +6,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use ringcast_codec::deflate::ServerDeflateConfig;
 use ringcast_codec::{CloseCode, Incoming, PreparedMessage};
 
 use crate::config::{Config, ServerBuilder, SlowConsumerPolicy};
@@ -44,7 +45,7 @@ pub enum Step<'a> {
 
 impl FuzzConn {
     /// A connection under a configuration chosen by `selector` (limits, options,
-    /// timeouts, slow-consumer policy).
+    /// timeouts, slow-consumer policy, permessage-deflate).
     pub fn new(selector: u8) -> Self {
         let mut builder = ServerBuilder::new()
             .max_message_size(if selector & 1 == 0 { 1 << 10 } else { 64 << 10 })
@@ -57,7 +58,8 @@ impl FuzzConn {
             .idle_timeout((selector & 128 != 0).then_some(Duration::from_millis(100)))
             .handshake_timeout(Duration::from_millis(1000))
             .close_timeout(Duration::from_millis(500))
-            .max_http_body(1 << 10);
+            .max_http_body(1 << 10)
+            .permessage_deflate(ServerDeflateConfig::new().min_message_size(16).enabled(selector & 4 != 0));
         builder = builder.path(if selector & 1 == 0 { "/" } else { "/chat" });
         let config = builder.config().clone();
         let now = config.epoch;
@@ -75,12 +77,12 @@ impl FuzzConn {
                 let mut input = &mut owned[..];
                 while let Some(event) = self.conn.poll_input(&mut input, config, now) {
                     match event {
-                        Event::Upgrade { request, accept } => {
+                        Event::Upgrade { request, accept, deflate } => {
                             // Refuse some requests, as a handler would.
                             if request.path().len() % 3 == 2 {
                                 self.conn.refuse(403, config, now);
                             } else {
-                                self.conn.accept(request, &accept);
+                                self.conn.accept(request, &accept, deflate.as_deref(), &self.config);
                             }
                         }
                         Event::Http { body, .. } => {

@@ -102,5 +102,6 @@ pub use server::{Backend, Server, ServerHandle, StartError};
 pub use stats::{Counter, LATENCY_BUCKETS, ShardStats, Stats};
 
 pub use ringcast_codec as codec;
+pub use ringcast_codec::deflate::{CompressionLevel, ServerDeflateConfig};
 pub use ringcast_codec::handshake::Request;
 pub use ringcast_codec::{CloseCode, CloseFrame, OpCode, PreparedMessage, Split};

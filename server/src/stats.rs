@@ -72,6 +72,9 @@ pub struct ShardStats {
     /// Bytes held for incomplete input: request heads, bodies, frames and messages still
     /// arriving (a gauge).
     pub buffered_input: Counter,
+    /// Messages compressed for permessage-deflate (a broadcast counts once, however many
+    /// subscribers take the compressed variant).
+    pub compressions: Counter,
 }
 
 impl ShardStats {
@@ -95,6 +98,8 @@ pub struct Stats {
     pub queued_bytes: Vec<u64>,
     /// Bytes held for incomplete input on all shards.
     pub buffered_input: u64,
+    /// Messages compressed for permessage-deflate.
+    pub compressions: u64,
     /// Upgraded WebSocket connections.
     pub websockets: u64,
     /// Upgrades completed.
@@ -131,6 +136,7 @@ impl Stats {
             stats.io_uring.push(shard.io_uring.get() == 1);
             stats.queued_bytes.push(shard.queued_bytes.get());
             stats.buffered_input += shard.buffered_input.get();
+            stats.compressions += shard.compressions.get();
             stats.websockets += shard.websockets.get();
             stats.handshakes_accepted += shard.handshakes_accepted.get();
             stats.handshakes_refused += shard.handshakes_refused.get();

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Parser;
-use ringcast::{IoBackend, Server, ServerHandle, SlowConsumerPolicy, TlsFiles};
+use ringcast::{CompressionLevel, IoBackend, Server, ServerDeflateConfig, ServerHandle, SlowConsumerPolicy, TlsFiles};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -131,6 +131,16 @@ fn builder(args: &ServeArgs) -> Result<ringcast::ServerBuilder, Box<dyn std::err
     }
     if let Some(bytes) = args.max_frame_size {
         builder = builder.max_frame_size(bytes);
+    }
+    if args.permessage_deflate.unwrap_or(true) {
+        let mut deflate = ServerDeflateConfig::new();
+        if let Some(level) = args.deflate_level {
+            deflate = deflate.level(CompressionLevel::new(level).ok_or("--deflate-level must be 1 to 9")?);
+        }
+        if let Some(bytes) = args.deflate_min_size {
+            deflate = deflate.min_message_size(bytes);
+        }
+        builder = builder.permessage_deflate(deflate);
     }
     if let Some(bytes) = args.max_message_size {
         builder = builder.max_message_size(bytes);

@@ -81,6 +81,12 @@ pub fn render(stats: &Stats, service: &ServiceCounters, cluster: Option<&Cluster
         &[(String::new(), stats.protocol_errors)],
     );
     metric(
+        "ringcast_compressions_total",
+        "counter",
+        "Messages compressed for permessage-deflate: once per broadcast (and window size), however many subscribers take it.",
+        &[(String::new(), stats.compressions)],
+    );
+    metric(
         "ringcast_published_messages_total",
         "counter",
         "Messages accepted for fan-out.",

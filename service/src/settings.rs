@@ -136,6 +136,21 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES")]
     pub split_frame_size: Option<usize>,
 
+    /// Negotiate permessage-deflate (RFC 7692) with clients that offer it, as every
+    /// browser does. Each broadcast is compressed once, whatever the number of subscribers
+    /// [default: true].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub permessage_deflate: Option<bool>,
+
+    /// Compression level of permessage-deflate, 1 (fastest) to 9 (smallest) [default: 6].
+    #[arg(long, value_name = "LEVEL", value_parser = clap::value_parser!(u8).range(1..=9))]
+    pub deflate_level: Option<u8>,
+
+    /// Messages shorter than this go uncompressed even to clients that negotiated
+    /// permessage-deflate [default: 256].
+    #[arg(long, value_name = "BYTES")]
+    pub deflate_min_size: Option<usize>,
+
     /// Largest frame accepted from a client; larger closes it with 1009 [default: 16777216].
     #[arg(long, value_name = "BYTES")]
     pub max_frame_size: Option<usize>,
@@ -237,6 +252,9 @@ impl ServeArgs {
             publish_path: self.publish_path.or(file.publish_path),
             publish_token: self.publish_token.or(file.publish_token),
             split_frame_size: self.split_frame_size.or(file.split_frame_size),
+            permessage_deflate: self.permessage_deflate.or(file.permessage_deflate),
+            deflate_level: self.deflate_level.or(file.deflate_level),
+            deflate_min_size: self.deflate_min_size.or(file.deflate_min_size),
             max_frame_size: self.max_frame_size.or(file.max_frame_size),
             max_message_size: self.max_message_size.or(file.max_message_size),
             send_queue_limit: self.send_queue_limit.or(file.send_queue_limit),
@@ -276,6 +294,14 @@ mod tests {
         let cli = Cli::try_parse_from([&["ringcast", "serve"], args].concat()).unwrap();
         let Command::Serve(serve) = cli.command;
         *serve
+    }
+
+    #[test]
+    fn the_sample_config_file_parses() {
+        let sample: ServeArgs =
+            toml::from_str(include_str!("../../deploy/ringcast.toml")).expect("deploy/ringcast.toml");
+        assert_eq!(sample.permessage_deflate, Some(true));
+        assert_eq!(sample.deflate_level, Some(6));
     }
 
     #[test]

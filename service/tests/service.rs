@@ -431,6 +431,48 @@ fn admin_token_guards_the_dashboard_and_its_feed() {
     assert_eq!(quiet.http("GET", "/", b"").0, 426, "a plain GET on the WebSocket path asks for an upgrade");
 }
 
+/// permessage-deflate is on by default: Chromium, Python `websockets` and Node `ws`
+/// negotiate it, and a JSON update published over HTTP reaches all three, compressed
+/// once for them all. `--permessage-deflate false` declines every offer.
+#[test]
+fn permessage_deflate_is_negotiated_by_browsers_and_peers_and_compressed_once() {
+    let service = Service::start(&[]);
+    let page = r#"<!doctype html><script>
+const out = { messages: [] };
+const ws = new WebSocket("ws://127.0.0.1:PORT/");
+ws.onopen = () => { out.extensions = ws.extensions; };
+ws.onmessage = (e) => { out.messages.push(e.data); ws.close(1000); };
+ws.onclose = () => { window.__result = out; window.__done = true; };
+</script>"#
+        .replace("PORT", &service.port.to_string());
+    let mut peers = [Peer::python(), Peer::node()];
+    for peer in &mut peers {
+        let opened = peer.connect("s", &service.url("/"), &ConnectOpts::new().compression());
+        let answer = opened.extensions.unwrap_or_default();
+        assert!(answer.starts_with("permessage-deflate; server_no_context_takeover"), "answered {answer:?}");
+    }
+    let browser = std::thread::spawn(move || run_page(&page, &PageOpts::default()));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while service.metric("ringcast_websockets") < 3.0 {
+        assert!(Instant::now() < deadline, "the page did not connect");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let update = format!("[{}]", r#"{"symbol":"ABC","price":101.25,"volume":1200},"#.repeat(40).trim_end_matches(','));
+    assert_eq!(service.http("POST", "/publish", update.as_bytes()).0, 202);
+    for peer in &mut peers {
+        assert_eq!(peer.expect_text("s"), update);
+    }
+    let result = browser.join().expect("browser thread");
+    assert_eq!(result["messages"][0].as_str(), Some(update.as_str()), "{result}");
+    let extensions = result["extensions"].as_str().unwrap_or_default();
+    assert!(extensions.starts_with("permessage-deflate"), "the page saw Sec-WebSocket-Extensions {extensions:?}");
+    assert_eq!(service.metric("ringcast_compressions_total"), 1.0, "one compression for three subscribers");
+
+    let plain = Service::start(&["--permessage-deflate", "false"]);
+    let mut peer = Peer::python();
+    assert_eq!(peer.connect("p", &plain.url("/"), &ConnectOpts::new().compression()).extensions, None);
+}
+
 #[test]
 fn echo_mode_answers_python_and_node() {
     let service = Service::start(&["--mode", "echo"]);

@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use nix::sys::eventfd::{EfdFlags, EventFd};
-use ringcast_codec::Split;
+use ringcast_codec::deflate::CompressedVariants;
+use ringcast_codec::{OpCode, PreparedMessage, Split};
 
 use crate::api::connection::ConnectionRef;
 use crate::api::target::{Message, Target};
@@ -20,6 +21,30 @@ pub(crate) struct Broadcast {
     pub(crate) bytes: Bytes,
     /// When it was handed to the server (publish-to-write latency starts here).
     pub(crate) published: Instant,
+    /// For subscribers that negotiated permessage-deflate: what to compress, and the
+    /// compressed variants built so far (at most one per window size, by whichever shard
+    /// needs it first, shared by every shard).
+    pub(crate) deflatable: Option<Deflatable>,
+}
+
+/// A broadcast as it may be compressed, and its compressed variants.
+#[derive(Debug)]
+pub(crate) struct Deflatable {
+    /// The plain frames (sharing the broadcast's bytes); their payload is read out only
+    /// when a first subscriber needs the compressed variant.
+    pub(crate) plain: PreparedMessage,
+    pub(crate) variants: CompressedVariants,
+}
+
+impl Broadcast {
+    /// Encodes `message` once; `deflate`: some connections may take a compressed variant.
+    pub(crate) fn new(message: Message<'_>, split: Split, deflate: bool, published: Instant) -> Self {
+        let prepared = message.prepare(split);
+        let compressible = !prepared.is_compressed() && matches!(prepared.opcode(), OpCode::Text | OpCode::Binary);
+        let deflatable = (deflate && compressible)
+            .then(|| Deflatable { plain: prepared.clone(), variants: CompressedVariants::new() });
+        Broadcast { bytes: prepared.into_bytes(), published, deflatable }
+    }
 }
 
 /// What shards receive from the rest of the server.
@@ -91,6 +116,8 @@ pub(crate) struct Router<D> {
     pub(crate) shards: Vec<Arc<Mailbox<D>>>,
     pub(crate) stats: Vec<Arc<ShardStats>>,
     pub(crate) split: Split,
+    /// permessage-deflate is enabled: broadcasts keep what compression needs.
+    pub(crate) deflate: bool,
 }
 
 /// Sends messages to connections from any thread: one encode and one command per shard
@@ -125,9 +152,8 @@ impl<D> Broadcaster<D> {
     /// # }
     /// ```
     pub fn send<'a>(&self, target: Target<D>, message: impl Into<Message<'a>>) {
-        let bytes = message.into().encode(self.router.split);
-        let message = Arc::new(Broadcast { bytes, published: Instant::now() });
-        self.route(None, message, target);
+        let message = Broadcast::new(message.into(), self.router.split, self.router.deflate, Instant::now());
+        self.route(None, Arc::new(message), target);
     }
 
     /// Posts `message` to the shards `target` may reach, except `local`, whose part is

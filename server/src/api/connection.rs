@@ -16,6 +16,7 @@ use crate::event::SendError;
 use crate::id::ConnectionId;
 use crate::stats::ShardStats;
 use crate::topics::TopicIndex;
+use ringcast_codec::deflate::{BroadcastCompressor, WindowBits, variant_window_bits};
 
 /// The parts of a shard a handler reaches through its [`Connection`].
 pub(crate) struct ShardView<D> {
@@ -27,6 +28,8 @@ pub(crate) struct ShardView<D> {
     pub(crate) now: Instant,
     /// This shard's index.
     pub(crate) index: usize,
+    /// Compresses once per message for this shard (created on first use).
+    pub(crate) compressor: Option<BroadcastCompressor>,
     /// Sends a handler made to this shard's own connections, applied as soon as the
     /// handler returns (before anything else the shard does).
     pub(crate) deferred: Vec<(Arc<Broadcast>, Target<D>)>,
@@ -39,6 +42,19 @@ impl<D> ShardView<D> {
         f(conn, &self.config, self.now)
     }
 
+    /// The compressed variant of `message` for a connection with `window`, if it pays.
+    pub(crate) fn compress(&mut self, message: &PreparedMessage, window: WindowBits) -> Option<PreparedMessage> {
+        if message.is_compressed() || !matches!(message.opcode(), OpCode::Text | OpCode::Binary) {
+            return None;
+        }
+        let payload = message.payload();
+        let window = variant_window_bits(window, payload.len());
+        let compressor = self.compressor.get_or_insert_with(|| BroadcastCompressor::new(&self.config.deflate));
+        let split = self.config.split;
+        self.stats.compressions.add(1);
+        compress_payload(compressor, message.opcode() == OpCode::Text, &payload, split, window)
+    }
+
     /// Counts the outcome of queuing one delivery.
     pub(crate) fn count(&self, result: Result<(), Refused>) -> Result<(), SendError> {
         match result {
@@ -48,6 +64,22 @@ impl<D> ShardView<D> {
             Err(Refused::Error(_)) => {}
         }
         result.map_err(SendError::from)
+    }
+}
+
+/// The compressed variant of a message's payload, or `None` to send it plain (not worth
+/// it, or a text payload that is not UTF-8, which only a raw frame could carry).
+pub(crate) fn compress_payload(
+    compressor: &mut BroadcastCompressor,
+    text: bool,
+    payload: &[u8],
+    split: ringcast_codec::Split,
+    window: WindowBits,
+) -> Option<PreparedMessage> {
+    if text {
+        compressor.prepare_text(std::str::from_utf8(payload).ok()?, split, window)
+    } else {
+        compressor.prepare_binary(payload, split, window)
     }
 }
 
@@ -103,7 +135,13 @@ impl<D> Connection<'_, D> {
         if !self.conn.is_open() {
             return Err(SendError::NotOpen);
         }
-        let frame = OutFrame::single(message.into().encode(self.shard.config.split), self.shard.now);
+        let prepared = message.into().prepare(self.shard.config.split);
+        let bytes = match self.conn.deflate_window() {
+            // One message for one connection: compressed for it, if that pays.
+            Some(window) => self.shard.compress(&prepared, window).unwrap_or(prepared).into_bytes(),
+            None => prepared.into_bytes(),
+        };
+        let frame = OutFrame::single(bytes, self.shard.now);
         let result =
             self.shard.tracked(self.conn, |conn, config, now| conn.send_data(frame, Outbound::Message, config, now));
         self.shard.count(result)
@@ -116,8 +154,8 @@ impl<D> Connection<'_, D> {
     /// This shard's own connections get it as soon as the handler returns, before the
     /// shard handles anything else; other shards get it through their mailboxes.
     pub fn send_to<'m>(&mut self, target: Target<D>, message: impl Into<Message<'m>>) {
-        let bytes = message.into().encode(self.shard.config.split);
-        let message = Arc::new(Broadcast { bytes, published: self.shard.now });
+        let deflate = self.shard.config.deflate.is_enabled();
+        let message = Arc::new(Broadcast::new(message.into(), self.shard.config.split, deflate, self.shard.now));
         if let Some(local) = self.shard.broadcaster.route(Some(self.shard.index), message, target) {
             self.shard.deferred.push(local);
         }

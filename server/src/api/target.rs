@@ -3,7 +3,6 @@
 use std::fmt;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use ringcast_codec::{PreparedMessage, Split};
 
 use crate::api::connection::ConnectionRef;
@@ -33,12 +32,12 @@ pub enum Message<'a> {
 }
 
 impl Message<'_> {
-    /// The frames on the wire, split as configured (a prepared message keeps its own).
-    pub(crate) fn encode(self, split: Split) -> Bytes {
+    /// The message encoded, split as configured (a prepared message keeps its own frames).
+    pub(crate) fn prepare(self, split: Split) -> PreparedMessage {
         match self {
-            Message::Text(text) => PreparedMessage::text(text, split).into_bytes(),
-            Message::Binary(data) => PreparedMessage::binary(data, split).into_bytes(),
-            Message::Prepared(prepared) => prepared.as_bytes().clone(),
+            Message::Text(text) => PreparedMessage::text(text, split),
+            Message::Binary(data) => PreparedMessage::binary(data, split),
+            Message::Prepared(prepared) => prepared.clone(),
         }
     }
 }

@@ -13,8 +13,9 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use ringcast_codec::deflate::{Negotiated, WindowBits};
 use ringcast_codec::handshake::{self, Request, RequestParse, UpgradeChecks};
-use ringcast_codec::{CloseCode, Decoder, DecoderConfig, Incoming, Payload, PreparedMessage, ProtocolError};
+use ringcast_codec::{CloseCode, Decoder, DecoderConfig, Incoming, Payload, PreparedMessage, ProtocolError, Role};
 
 use crate::config::{Config, SlowConsumerPolicy};
 use crate::conn::queue::{Delivered, OutFrame, Outbound, SendQueue};
@@ -126,6 +127,8 @@ pub(crate) enum Event<'a> {
         request: Box<Request>,
         /// The `Sec-WebSocket-Accept` value to answer with.
         accept: String,
+        /// permessage-deflate, if the client offered it and the server accepts.
+        deflate: Option<Box<Negotiated>>,
     },
     /// A whole plain HTTP request; answer with [`Conn::respond`].
     Http {
@@ -187,6 +190,9 @@ pub(crate) struct Conn<D> {
     listed: bool,
     /// The upgrade was accepted (the connection counts as a WebSocket).
     opened: bool,
+    /// The window this connection's compressed variants use, if it negotiated
+    /// permessage-deflate.
+    deflate_out: Option<WindowBits>,
     close_sent: bool,
     close_received: bool,
     ping_outstanding: bool,
@@ -259,6 +265,7 @@ impl<D> Conn<D> {
             writing: false,
             listed: false,
             opened: false,
+            deflate_out: None,
             close_sent: false,
             close_received: false,
             ping_outstanding: false,
@@ -360,6 +367,12 @@ impl<D> Conn<D> {
     /// Whether the connection is upgraded and has not sent a close frame: data may be queued.
     pub(crate) fn is_open(&self) -> bool {
         matches!(self.phase, Phase::Open) && !self.close_sent
+    }
+
+    /// The window of the compressed variant this connection takes, if it negotiated
+    /// permessage-deflate.
+    pub(crate) fn deflate_window(&self) -> Option<WindowBits> {
+        self.deflate_out
     }
 
     /// Whether the upgrade was accepted (whatever happened since).
@@ -481,7 +494,12 @@ impl<D> Conn<D> {
         match handshake::validate_upgrade(&request, checks) {
             Ok(accept) => {
                 self.phase = Phase::Deciding;
-                Some(Event::Upgrade { request, accept })
+                let deflate = if config.deflate.is_enabled() {
+                    config.deflate.negotiate_request(&request).map(Box::new)
+                } else {
+                    None
+                };
+                Some(Event::Upgrade { request, accept, deflate })
             }
             Err(e) => Some(self.refuse_with(e.response(), e.status(), now, config)),
         }
@@ -547,9 +565,22 @@ impl<D> Conn<D> {
     // ------------------------------------------------------------------ decisions
 
     /// Accepts the upgrade: queues the `101` (so anything sent afterwards is written
-    /// after it, in order) and opens the connection.
-    pub(crate) fn accept(&mut self, request: Box<Request>, accept: &str) {
-        let response = handshake::accept_response(accept, None, "");
+    /// after it, in order) and opens the connection, with permessage-deflate if it was
+    /// negotiated.
+    pub(crate) fn accept(
+        &mut self,
+        request: Box<Request>,
+        accept: &str,
+        deflate: Option<&Negotiated>,
+        config: &Config,
+    ) {
+        let extension = deflate.map(|n| n.response_header_line()).unwrap_or_default();
+        let response = handshake::accept_response(accept, None, &extension);
+        if let Some(negotiated) = deflate {
+            let params = negotiated.params();
+            self.decoder = Decoder::new(decoder_config(config).permessage_deflate(Some(params.incoming(Role::Server))));
+            self.deflate_out = Some(params.outgoing(Role::Server).window_bits);
+        }
         self.queue.push(OutFrame::untimed(response.into()), Outbound::Control);
         self.phase = Phase::Open;
         self.opened = true;

@@ -73,9 +73,9 @@ impl Harness {
         let mut seen = Vec::new();
         while let Some(event) = self.conn.poll_input(&mut input, &self.config, self.now) {
             let item = match event {
-                Event::Upgrade { request, accept } => {
+                Event::Upgrade { request, accept, deflate } => {
                     let path = request.path().to_owned();
-                    self.conn.accept(request, &accept);
+                    self.conn.accept(request, &accept, deflate.as_deref(), &self.config);
                     Seen::Upgrade(path)
                 }
                 Event::Http { request, body } => {
@@ -290,6 +290,52 @@ fn fragments_and_control_frames_in_arbitrary_pieces() {
         assert_eq!(h.server_frames(), vec![(OpCode::Pong, b"p".to_vec())], "the automatic pong");
         assert_eq!(h.conn.buffered_input(), 0);
     }
+}
+
+/// A client that offers permessage-deflate gets the extension in the 101 (with both
+/// no-context-takeover parameters), its compressed messages are inflated whatever the
+/// read boundaries, and between messages the connection holds no inflate state.
+#[test]
+fn permessage_deflate_is_negotiated_and_inflated_with_no_state_between_messages() {
+    use ringcast_codec::deflate::{CompressionLevel, Compressor, ServerDeflateConfig, WindowBits};
+    let request = String::from_utf8(REQUEST.to_vec())
+        .unwrap()
+        .replace("\r\n\r\n", "\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n");
+    let text = "{\"price\":101.25,\"symbol\":\"ABC\"},".repeat(40);
+    let mut compressor = Compressor::new(CompressionLevel::DEFAULT, WindowBits::MAX);
+    let mut compressed = Vec::new();
+    compressor.compress(text.as_bytes(), &mut compressed).unwrap();
+    let mut frame = BytesMut::new();
+    ringcast_codec::encode_masked_frame_with_rsv(&mut frame, OpCode::Text, true, 0b100, &compressed, [9, 8, 7, 6]);
+    for chunk in [1, 3, 17, frame.len()] {
+        let mut h = Harness::with(|b| b.permessage_deflate(ServerDeflateConfig::new()));
+        assert_eq!(h.feed(request.as_bytes()), vec![Seen::Upgrade("/chat".into())]);
+        h.flush();
+        let head = String::from_utf8(h.take_wire()).unwrap();
+        assert!(
+            head.contains(
+                "\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n"
+            ),
+            "{head}"
+        );
+        assert!(h.conn.deflate_window().is_some());
+        for _ in 0..2 {
+            let seen: Vec<Seen> = frame.chunks(chunk).flat_map(|piece| h.feed(piece)).collect();
+            assert_eq!(seen, vec![Seen::Text(text.clone())], "chunk {chunk}");
+            assert_eq!(h.conn.buffered_input(), 0, "inflate state kept after the message");
+        }
+        // RSV1 on a ping is a protocol error even here.
+        let mut ping = BytesMut::new();
+        ringcast_codec::encode_masked_frame_with_rsv(&mut ping, OpCode::Ping, true, 0b100, b"x", [1, 1, 1, 1]);
+        assert_eq!(h.feed(&ping), vec![Seen::ProtocolError(CloseCode::Protocol)]);
+    }
+    // Not configured: the same offer is ignored, and RSV1 is a protocol error.
+    let mut h = Harness::with(|b| b);
+    assert_eq!(h.feed(request.as_bytes()), vec![Seen::Upgrade("/chat".into())]);
+    h.flush();
+    assert!(!String::from_utf8(h.take_wire()).unwrap().contains("Extensions"));
+    assert_eq!(h.conn.deflate_window(), None);
+    assert_eq!(h.feed(&frame), vec![Seen::ProtocolError(CloseCode::Protocol)]);
 }
 
 #[test]

@@ -16,11 +16,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use ringcast_codec::{CloseCode, Incoming};
+use ringcast_codec::deflate::{BroadcastCompressor, WindowBits, variant_window_bits};
+use ringcast_codec::{CloseCode, Incoming, OpCode};
 use slab::Slab;
 
 use crate::api::broadcaster::{Broadcast, Broadcaster, Command, Mailbox};
-use crate::api::connection::{ConnectionRef, ShardView};
+use crate::api::connection::{ConnectionRef, ShardView, compress_payload};
 use crate::api::{Connection, HttpRequest, HttpResponse, Target};
 use crate::config::Config;
 use crate::conn::{Conn, Delivered, Event, OutFrame, Outbound, Outgoing, Overflow, Refused};
@@ -90,6 +91,7 @@ impl<H: Handler, I> Shard<H, I> {
                 now,
                 index,
                 deferred: Vec::new(),
+                compressor: None,
             },
             mailbox,
             timers: TimerQueue::default(),
@@ -176,11 +178,11 @@ impl<H: Handler, I> Shard<H, I> {
     fn handle_event(&mut self, key: usize, event: Event<'_>) {
         let stats = &self.view.stats;
         match event {
-            Event::Upgrade { request, accept } => {
+            Event::Upgrade { request, accept, deflate } => {
                 let Some(slot) = self.conns.get_mut(key) else { return };
                 match self.handler.allow(&request, slot.conn.peer()) {
                     Allow::Yes => {
-                        slot.conn.accept(request, &accept);
+                        slot.conn.accept(request, &accept, deflate.as_deref(), &self.view.config);
                         stats.handshakes_accepted.add(1);
                         stats.websockets.add(1);
                         self.dispatch(key, |handler, conn| handler.on_handshake_response_sent(conn));
@@ -367,6 +369,9 @@ impl<H: Handler, I> Shard<H, I> {
         let outgoing = Rc::new(Outgoing { bytes: message.bytes.clone(), published: Some(message.published) });
         let mut fan = FanOut {
             outgoing: &outgoing,
+            message,
+            compressed: Vec::new(),
+            compressor: &mut self.view.compressor,
             config: &self.view.config,
             stats: &self.view.stats,
             now: self.view.now,
@@ -568,7 +573,12 @@ impl<H: Handler, I> Shard<H, I> {
 /// handler and cannot end a connection (a slow consumer is only asked to close), so the
 /// loop over the table needs none of the shard's other state.
 struct FanOut<'a> {
+    /// The plain frames, shared by the shard's connections that take them.
     outgoing: &'a Rc<Outgoing>,
+    message: &'a Broadcast,
+    /// The compressed variants this shard has queued so far, by window.
+    compressed: Vec<(WindowBits, Option<Rc<Outgoing>>)>,
+    compressor: &'a mut Option<BroadcastCompressor>,
     config: &'a Config,
     stats: &'a ShardStats,
     now: Instant,
@@ -578,11 +588,37 @@ struct FanOut<'a> {
 }
 
 impl FanOut<'_> {
+    /// The frames a connection with permessage-deflate `window` takes: the compressed
+    /// variant (built once for the whole server, wrapped once for this shard), or the plain
+    /// frames when compression does not pay.
+    fn variant(&mut self, window: WindowBits) -> Rc<Outgoing> {
+        let Some(deflatable) = &self.message.deflatable else { return self.outgoing.clone() };
+        let key = variant_window_bits(window, deflatable.plain.payload_len());
+        if let Some((_, cached)) = self.compressed.iter().find(|(bits, _)| *bits == key) {
+            return cached.clone().unwrap_or_else(|| self.outgoing.clone());
+        }
+        let (config, stats) = (self.config, self.stats);
+        let prepared = deflatable.variants.get_or_compress(key, || {
+            stats.compressions.add(1);
+            let compressor = self.compressor.get_or_insert_with(|| BroadcastCompressor::new(&config.deflate));
+            let plain = &deflatable.plain;
+            compress_payload(compressor, plain.opcode() == OpCode::Text, &plain.payload(), config.split, key)
+        });
+        let outgoing = prepared.map(|prepared| {
+            Rc::new(Outgoing { bytes: prepared.as_bytes().clone(), published: Some(self.message.published) })
+        });
+        self.compressed.push((key, outgoing.clone()));
+        outgoing.unwrap_or_else(|| self.outgoing.clone())
+    }
+
     fn deliver<D, I>(&mut self, key: usize, slot: &mut Slot<D, I>) {
         if !slot.conn.is_open() {
             return;
         }
-        let frame = OutFrame::new(self.outgoing.clone());
+        let frame = match slot.conn.deflate_window() {
+            Some(window) => OutFrame::new(self.variant(window)),
+            None => OutFrame::new(self.outgoing.clone()),
+        };
         match slot.conn.send_data(frame, Outbound::Message, self.config, self.now) {
             Ok(()) => {
                 self.stats.messages_out.add(1);

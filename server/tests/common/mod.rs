@@ -353,6 +353,8 @@ pub struct RawClient {
     /// Bytes read; those before `pos` are consumed.
     buf: Vec<u8>,
     pos: usize,
+    /// The RSV bits the server may set (RSV1 once permessage-deflate is agreed).
+    pub allowed_rsv: u8,
 }
 
 impl RawClient {
@@ -364,14 +366,36 @@ impl RawClient {
 
     /// Completes the opening handshake over an already connected `stream`.
     #[track_caller]
-    pub fn open_on(mut stream: TcpStream, addr: SocketAddr, path: &str) -> Self {
-        let hs = upgrade_request(addr, path, &[]);
+    pub fn open_on(stream: TcpStream, addr: SocketAddr, path: &str) -> Self {
+        Self::handshake(stream, addr, path, &[]).0
+    }
+
+    /// Connects with extra request headers (e.g. `Sec-WebSocket-Extensions`); returns the
+    /// client and the `101`'s headers. RSV1 is allowed from the server when the answer
+    /// agreed to permessage-deflate.
+    #[track_caller]
+    pub fn open_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (Self, Vec<(String, String)>) {
+        Self::handshake(tcp(addr), addr, path, headers)
+    }
+
+    #[track_caller]
+    fn handshake(
+        mut stream: TcpStream,
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (Self, Vec<(String, String)>) {
+        let hs = upgrade_request(addr, path, headers);
         stream.write_all(hs.request()).expect("send upgrade request");
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
         loop {
-            if let Some((_, head_len)) = hs.parse_response(&buf).unwrap_or_else(|e| panic!("handshake: {e}")) {
-                return RawClient { stream, buf, pos: head_len };
+            if let Some((response, head_len)) = hs.parse_response(&buf).unwrap_or_else(|e| panic!("handshake: {e}")) {
+                let deflate = response.headers.iter().any(|(name, value)| {
+                    name.eq_ignore_ascii_case("sec-websocket-extensions") && value.contains("permessage-deflate")
+                });
+                let allowed_rsv = if deflate { 0b100 } else { 0 };
+                return (RawClient { stream, buf, pos: head_len, allowed_rsv }, response.headers);
             }
             let n = stream.read(&mut chunk).expect("read handshake response");
             assert!(n > 0, "EOF during the handshake; got {:?}", String::from_utf8_lossy(&buf));
@@ -381,7 +405,7 @@ impl RawClient {
 
     /// Wraps a stream whose handshake the caller completed.
     pub fn upgraded(stream: TcpStream) -> Self {
-        RawClient { stream, buf: Vec::new(), pos: 0 }
+        RawClient { stream, buf: Vec::new(), pos: 0, allowed_rsv: 0 }
     }
 
     /// Sends raw bytes.
@@ -430,10 +454,10 @@ impl RawClient {
     }
 
     /// The next frame from the server, checked against the client rules (unmasked, no
-    /// RSV bits); `None` at EOF.
+    /// RSV bits but those agreed); `None` at EOF.
     #[track_caller]
     pub fn read_frame(&mut self) -> Option<WireFrame> {
-        let rules = FrameRules::for_role(Role::Client, usize::MAX >> 1);
+        let rules = FrameRules { allowed_rsv: self.allowed_rsv, ..FrameRules::for_role(Role::Client, usize::MAX >> 1) };
         loop {
             let pending = &self.buf[self.pos..];
             match FrameHeader::parse(pending, &rules) {
