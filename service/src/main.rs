@@ -108,6 +108,10 @@ fn normalize(path: &str) -> String {
     if path.starts_with('/') { path.to_owned() } else { format!("/{path}") }
 }
 
+/// The service's default limit on one client message (and frame): 1 MiB. A fan-out
+/// service's subscribers send little; the library's 16 MiB default suits an echo server.
+const DEFAULT_MAX_MESSAGE_SIZE: usize = 1 << 20;
+
 fn builder(args: &ServeArgs) -> Result<ringcast::ServerBuilder, Box<dyn std::error::Error>> {
     let mut builder = Server::builder()
         .port(args.port.unwrap_or(ringcast::DEFAULT_PORT))
@@ -129,9 +133,7 @@ fn builder(args: &ServeArgs) -> Result<ringcast::ServerBuilder, Box<dyn std::err
     if let Some(workers) = args.workers {
         builder = builder.workers(workers);
     }
-    if let Some(bytes) = args.max_frame_size {
-        builder = builder.max_frame_size(bytes);
-    }
+    builder = builder.max_frame_size(args.max_frame_size.unwrap_or(DEFAULT_MAX_MESSAGE_SIZE));
     if args.permessage_deflate.unwrap_or(true) {
         let mut deflate = ServerDeflateConfig::new();
         if let Some(level) = args.deflate_level {
@@ -142,8 +144,9 @@ fn builder(args: &ServeArgs) -> Result<ringcast::ServerBuilder, Box<dyn std::err
         }
         builder = builder.permessage_deflate(deflate);
     }
-    if let Some(bytes) = args.max_message_size {
-        builder = builder.max_message_size(bytes);
+    builder = builder.max_message_size(args.max_message_size.unwrap_or(DEFAULT_MAX_MESSAGE_SIZE));
+    if let Some(bytes) = args.max_buffered_input {
+        builder = builder.max_buffered_input(bytes);
     }
     if let Some(bytes) = args.send_queue_limit {
         builder = builder.send_queue_limit(bytes);

@@ -81,6 +81,18 @@ pub fn render(stats: &Stats, service: &ServiceCounters, cluster: Option<&Cluster
         &[(String::new(), stats.protocol_errors)],
     );
     metric(
+        "ringcast_buffered_input_bytes",
+        "gauge",
+        "Bytes held for incomplete input (messages, frames, request heads still arriving).",
+        &[(String::new(), stats.buffered_input)],
+    );
+    metric(
+        "ringcast_input_budget_closes_total",
+        "counter",
+        "Connections closed with 1009 because the server held more incomplete input than --max-buffered-input.",
+        &[(String::new(), stats.input_budget_closes)],
+    );
+    metric(
         "ringcast_compressions_total",
         "counter",
         "Messages compressed for permessage-deflate: once per broadcast (and window size), however many subscribers take it.",

@@ -151,13 +151,20 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES")]
     pub deflate_min_size: Option<usize>,
 
-    /// Largest frame accepted from a client; larger closes it with 1009 [default: 16777216].
+    /// Largest frame accepted from a client; larger closes it with 1009 [default: 1048576].
     #[arg(long, value_name = "BYTES")]
     pub max_frame_size: Option<usize>,
 
-    /// Largest message accepted from a client; larger closes it with 1009 [default: 16777216].
+    /// Largest message accepted from a client; larger closes it with 1009 [default: 1048576:
+    /// subscribers send little, and publishers of larger messages raise it].
     #[arg(long, value_name = "BYTES")]
     pub max_message_size: Option<usize>,
+
+    /// Budget for incomplete input on the whole server: bytes held for messages, frames
+    /// and request heads still arriving. Past it, the connections holding the most are
+    /// closed with 1009 (counted in ringcast_input_budget_closes_total) [default: 268435456].
+    #[arg(long, value_name = "BYTES")]
+    pub max_buffered_input: Option<usize>,
 
     /// Unsent bytes allowed per client before the slow-consumer policy applies
     /// [default: 1048576].
@@ -257,6 +264,7 @@ impl ServeArgs {
             deflate_min_size: self.deflate_min_size.or(file.deflate_min_size),
             max_frame_size: self.max_frame_size.or(file.max_frame_size),
             max_message_size: self.max_message_size.or(file.max_message_size),
+            max_buffered_input: self.max_buffered_input.or(file.max_buffered_input),
             send_queue_limit: self.send_queue_limit.or(file.send_queue_limit),
             slow_consumer: self.slow_consumer.or(file.slow_consumer),
             max_connections: self.max_connections.or(file.max_connections),

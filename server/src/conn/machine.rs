@@ -718,6 +718,24 @@ impl<D> Conn<D> {
         self.queue.push(OutFrame::single(frame, now), Outbound::Control);
     }
 
+    /// The server is over its input budget and this connection holds the most: what it
+    /// holds is dropped now, an upgraded connection is closed with 1009 (its further
+    /// input ignored), a handshaking one ends at once.
+    pub(crate) fn shed_input(&mut self, config: &Config, now: Instant) {
+        let reason = DisconnectReason::InputBudget;
+        match self.phase {
+            Phase::Head(_) | Phase::Body(_) => self.finish(reason),
+            Phase::Open => {
+                self.decoder.reset();
+                self.record_end(reason.clone());
+                let close = PreparedMessage::close(CloseCode::Size, "server input budget exceeded").into_bytes();
+                self.push_close(close, now, config);
+                self.drain(reason, now, config);
+            }
+            _ => {}
+        }
+    }
+
     /// Drops the connection at once, without a closing handshake.
     pub(crate) fn abort(&mut self) {
         self.force_end(DisconnectReason::Aborted);
