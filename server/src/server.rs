@@ -143,7 +143,8 @@ impl ServerBuilder {
             .collect::<Result<Vec<_>, _>>()
             .map_err(StartError::Worker)?;
         let stats: Vec<Arc<ShardStats>> = (0..config.workers).map(|_| Arc::default()).collect();
-        let router = Router { shards: mailboxes.clone(), stats: stats.clone(), split: config.split };
+        let history = Arc::new(crate::history::History::new(config.history));
+        let router = Router { shards: mailboxes.clone(), stats: stats.clone(), split: config.split, history };
         let broadcaster = Broadcaster { router: Arc::new(router) };
         let handler = Arc::new(handler);
         let open_connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));

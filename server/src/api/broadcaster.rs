@@ -10,7 +10,10 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use ringcast_codec::Split;
 
 use crate::api::connection::ConnectionRef;
+use crate::api::recovery::ConnectionTask;
 use crate::api::target::{Message, Target};
+use crate::history::History;
+use crate::id::ConnectionId;
 use crate::stats::{ShardStats, Stats};
 
 /// One encoded message on its way to the shards; each shard shares these bytes between
@@ -28,6 +31,11 @@ pub(crate) enum Command<D> {
     Send { message: Arc<Broadcast>, target: Target<D> },
     /// Close every connection and stop.
     Stop,
+    /// Queue `replay` on a connection and add it to `topic`'s subscribers, at this point
+    /// of the stream's order (see `api/recovery.rs`).
+    Join { id: ConnectionId, topic: Arc<str>, replay: Vec<Bytes> },
+    /// Run a task on a connection (see [`Broadcaster::with_connection`]).
+    Run { id: ConnectionId, task: ConnectionTask<D> },
 }
 
 /// A shard's inbox: commands from other threads, and the eventfd that wakes the shard's
@@ -91,6 +99,8 @@ pub(crate) struct Router<D> {
     pub(crate) shards: Vec<Arc<Mailbox<D>>>,
     pub(crate) stats: Vec<Arc<ShardStats>>,
     pub(crate) split: Split,
+    /// Every stream's offsets and kept messages.
+    pub(crate) history: Arc<History>,
 }
 
 /// Sends messages to connections from any thread: one encode and one command per shard
