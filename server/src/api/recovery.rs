@@ -108,6 +108,21 @@ impl<D> Broadcaster<D> {
         self.router.history.lock().prepend(topic, epoch, older)
     }
 
+    /// Moves `topic`'s stream to `position` without delivering anything, e.g. to the
+    /// position a cluster's shared store reports before [`Broadcaster::backfill`]ing it:
+    /// another epoch resets the stream, a later offset of the same epoch clears what it
+    /// keeps; later messages up to that offset are then dropped as duplicates by
+    /// [`Broadcaster::publish_at`].
+    pub fn align(&self, topic: &str, position: Position) {
+        self.router.history.lock().align(topic, position);
+    }
+
+    /// Whether a subscription to `topic` from `since` would replay every missed message
+    /// now: `Ok(())`, or why not (nothing is subscribed or replayed).
+    pub fn check_since(&self, topic: &str, since: Since) -> Result<(), crate::history::NotRecovered> {
+        self.router.history.lock().replay(topic, since, Instant::now()).outcome
+    }
+
     /// The position of `topic`'s last message, if the stream exists.
     pub fn stream_position(&self, topic: &str) -> Option<Position> {
         self.router.history.lock().position(topic)

@@ -192,6 +192,23 @@ impl Guard<'_> {
         appended
     }
 
+    /// Moves `topic` to `position` without a message (a cluster's store says the stream
+    /// is there): another epoch resets it, a later offset clears what is kept (it would
+    /// not be contiguous); an earlier or equal offset of the same epoch changes nothing.
+    pub(crate) fn align(&mut self, topic: &str, position: Position) {
+        let stream = self.stream(topic);
+        let mut dropped = Vec::new();
+        if stream.epoch != position.epoch {
+            dropped.extend(stream.entries.drain(..));
+            *stream = Stream::new(position.epoch);
+            stream.next = position.offset + 1;
+        } else if position.offset >= stream.next {
+            dropped.extend(stream.entries.drain(..));
+            stream.next = position.offset + 1;
+        }
+        self.forget(dropped);
+    }
+
     /// Adds messages older than everything `topic` keeps (a cluster's store filling in
     /// what this node never saw), oldest first and contiguous with what is kept. Returns
     /// how many were added.
