@@ -469,6 +469,29 @@ mod tests {
     }
 
     #[test]
+    fn aligning_to_another_epoch_or_a_later_offset_resets_and_earlier_positions_change_nothing() {
+        let history = History::new(HistoryConfig::new());
+        let mut guard = history.lock();
+        let now = Instant::now();
+        let local = publish(&mut guard, "t", now).epoch;
+        let cluster = Epoch::from_u64(local.as_u64() ^ 7);
+        guard.align("t", Position { epoch: cluster, offset: 40 });
+        assert_eq!(guard.position("t"), Some(Position { epoch: cluster, offset: 40 }));
+        assert_eq!(guard.usage().0, 0, "the other epoch's messages are gone");
+        // What follows is delivered; what the alignment covered is a duplicate.
+        assert_eq!(guard.append("t", Position { epoch: cluster, offset: 40 }, bytes(40), now), Appended::Duplicate);
+        assert_eq!(guard.append("t", Position { epoch: cluster, offset: 41 }, bytes(41), now), Appended::Fresh);
+        guard.align("t", Position { epoch: cluster, offset: 30 });
+        assert_eq!(guard.position("t").unwrap().offset, 41, "an earlier position changes nothing");
+        guard.align("t", Position { epoch: cluster, offset: 45 });
+        assert_eq!(
+            (guard.position("t").unwrap().offset, guard.usage().0),
+            (45, 0),
+            "kept messages would not be contiguous"
+        );
+    }
+
+    #[test]
     fn without_history_offsets_are_still_assigned_and_nothing_is_kept() {
         let history = History::new(HistoryConfig::off());
         let mut guard = history.lock();
