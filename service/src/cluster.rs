@@ -445,21 +445,37 @@ impl SubscribeLoop {
                             }
                             Some(Interest::Subscribe(_) | Interest::Unsubscribe(_)) => Ok(()),
                             Some(Interest::Recover(request)) => {
-                                // Receive the stream first, then read what Redis has: every
-                                // message is in one or the other (or both: merged by offset).
-                                let channel = request.scope.channel();
-                                let joined = if subscribed.contains(&channel) {
-                                    Ok(())
-                                } else {
-                                    sink.subscribe(&channel).await.map(|()| { subscribed.insert(channel.clone()); })
-                                };
-                                let fetched = match &joined {
-                                    Ok(()) => self.fetch(&mut fetcher, &channel, request.from).await,
-                                    Err(e) => Err(format!("Redis: {e}")),
-                                };
-                                let counter = if fetched.is_ok() { &self.metrics.history_fetches } else { &self.metrics.history_fetch_failures };
-                                counter.fetch_add(1, Ordering::Relaxed);
-                                (request.finish)(fetched);
+                                // Every recovery waiting now is served by one fetch per
+                                // stream, from the lowest offset asked for: a wave of
+                                // reconnections costs a few reads, and the messages arriving
+                                // meanwhile are not held up behind one read each.
+                                let mut waiting = vec![request];
+                                while let Ok(next) = interests.try_recv() {
+                                    match next {
+                                        Interest::Recover(request) => waiting.push(request),
+                                        Interest::Subscribe(channel) if !subscribed.contains(&channel) => {
+                                            if sink.subscribe(&channel).await.is_ok() {
+                                                subscribed.insert(channel);
+                                            }
+                                        }
+                                        Interest::Unsubscribe(channel) if subscribed.contains(&channel) => {
+                                            if sink.unsubscribe(&channel).await.is_ok() {
+                                                subscribed.remove(&channel);
+                                            }
+                                        }
+                                        Interest::Subscribe(_) | Interest::Unsubscribe(_) => {}
+                                    }
+                                }
+                                let mut by_channel: HashMap<String, Vec<RecoverRequest>> = HashMap::new();
+                                for request in waiting {
+                                    by_channel.entry(request.scope.channel()).or_default().push(request);
+                                }
+                                let mut joined = Ok(());
+                                for (channel, requests) in by_channel {
+                                    joined = self
+                                        .recover(&mut sink, &mut subscribed, &mut fetcher, &channel, requests)
+                                        .await;
+                                }
                                 joined
                             }
                             None => return,
@@ -474,6 +490,47 @@ impl SubscribeLoop {
             self.metrics.up.store(false, Ordering::Relaxed);
             tracing::warn!("cluster: lost the Redis connection; local traffic continues, reconnecting");
         }
+    }
+
+    /// Serves the recoveries of one stream: receive its channel first, then read what
+    /// Redis has from the lowest offset asked for (every message is then in one or the
+    /// other, or both: merged by offset). The first request merges the read; the others
+    /// find it merged (`Ok(None)`: nothing more to add). Returns the subscription's
+    /// outcome (an error means the connection to Redis is gone).
+    async fn recover(
+        &self,
+        sink: &mut redis::aio::PubSubSink,
+        subscribed: &mut HashSet<String>,
+        fetcher: &mut Option<redis::aio::MultiplexedConnection>,
+        channel: &str,
+        requests: Vec<RecoverRequest>,
+    ) -> Result<(), redis::RedisError> {
+        let joined = if subscribed.contains(channel) {
+            Ok(())
+        } else {
+            sink.subscribe(channel).await.map(|()| {
+                subscribed.insert(channel.to_owned());
+            })
+        };
+        let from = requests.iter().map(|r| r.from).min().unwrap_or(1);
+        let fetched = match &joined {
+            Ok(()) => self.fetch(fetcher, channel, from).await,
+            Err(e) => Err(format!("Redis: {e}")),
+        };
+        let counter =
+            if fetched.is_ok() { &self.metrics.history_fetches } else { &self.metrics.history_fetch_failures };
+        counter.fetch_add(requests.len() as u64, Ordering::Relaxed);
+        let failed = fetched.as_ref().err().cloned();
+        let mut fetched = Some(fetched);
+        for request in requests {
+            let this = match (fetched.take(), &failed) {
+                (Some(first), _) => first,
+                (None, Some(why)) => Err(why.clone()),
+                (None, None) => Ok(None),
+            };
+            (request.finish)(this);
+        }
+        joined
     }
 
     /// Reads `channel`'s stream from offset `from` on (see `redis_history.rs`). A kept
