@@ -16,8 +16,9 @@
 //! The epoch is in every delivery, so a client always knows the exact position to
 //! resume from, and sees it when a stream restarted (a new epoch) while it listened.
 
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ringcast::{
@@ -39,12 +40,16 @@ pub const BROADCAST_STREAM: &str = "broadcast";
 pub struct StreamHistory {
     pub config: HistoryConfig,
     /// Broadcast mode: subscribers without the offset envelope (none: no raw fan-out).
-    pub raw_subscribers: AtomicUsize,
+    pub raw_subscribers: Arc<AtomicUsize>,
+    /// Cluster: streams whose missed offsets are being read from Redis; their messages
+    /// from the subscription wait for that read (it has them), so that they go out in
+    /// order behind what was missed.
+    filling: Arc<Mutex<HashSet<String>>>,
 }
 
 impl StreamHistory {
     pub fn new(config: HistoryConfig) -> Self {
-        StreamHistory { config, raw_subscribers: AtomicUsize::new(0) }
+        StreamHistory { config, raw_subscribers: Arc::default(), filling: Arc::default() }
     }
 }
 
@@ -173,6 +178,7 @@ pub fn subscribe(
     since: Since,
     cluster: Option<&Cluster>,
     topics: &Arc<TopicCounts>,
+    raw_subscribers: &Arc<AtomicUsize>,
 ) {
     let Some(stream) = stream_of(scope) else { return };
     let topic = match scope {
@@ -185,11 +191,12 @@ pub fn subscribe(
         let broadcaster = conn.broadcaster().clone();
         let (scope, topic) = (scope.clone(), topic.map(str::to_owned));
         let (cluster_for_interest, topics) = (cluster.clone(), topics.clone());
+        let raw_subscribers = raw_subscribers.clone();
         cluster.recover(RecoverRequest {
             scope: scope.clone(),
             from: asked.offset,
             finish: Box::new(move |fetched| {
-                let unavailable = merge(&broadcaster, &scope, fetched);
+                let unavailable = merge(&broadcaster, &scope, fetched, &raw_subscribers);
                 broadcaster.with_connection(id, move |conn| {
                     let stream = stream_of(&scope).unwrap_or(BROADCAST_STREAM);
                     let mut recovery = conn.subscribe_from(stream, since);
@@ -221,7 +228,12 @@ pub fn subscribe(
 /// before what is kept, newer ones are delivered now (their copies from pub/sub are then
 /// dropped as duplicates), another epoch moves the stream to Redis's. Returns why Redis
 /// could not help, if it could not.
-fn merge(broadcaster: &Broadcaster<Peer>, scope: &Scope, fetched: Result<Fetched, String>) -> Option<String> {
+fn merge(
+    broadcaster: &Broadcaster<Peer>,
+    scope: &Scope,
+    fetched: Result<Fetched, String>,
+    raw_subscribers: &AtomicUsize,
+) -> Option<String> {
     let stream = stream_of(scope)?;
     let fetched = match fetched {
         Ok(Some(fetched)) => fetched,
@@ -240,7 +252,11 @@ fn merge(broadcaster: &Broadcaster<Peer>, scope: &Scope, fetched: Result<Fetched
         let at = Position { epoch: fetched.epoch, offset: entry.offset };
         let message = encode(scope, at, entry.binary, &entry.body, split);
         if entry.offset >= next {
-            broadcaster.publish_at(stream, at, &message);
+            // New here: delivered now, raw subscribers included (the copy from the
+            // subscription will be a duplicate).
+            if broadcaster.publish_at(stream, at, &message).delivered() && *scope == Scope::Broadcast {
+                send_raw(broadcaster, raw_subscribers, entry.binary, &entry.body);
+            }
         } else {
             older.push((entry.offset, message, Duration::from_millis(now_ms.saturating_sub(entry.at_ms))));
         }
@@ -251,25 +267,59 @@ fn merge(broadcaster: &Broadcaster<Peer>, scope: &Scope, fetched: Result<Fetched
 
 /// Delivers a stream message whose position Redis assigned (or, during an outage, this
 /// node's fallback) to this node's subscribers: raw subscribers of broadcast mode too.
+///
+/// A message that skips offsets of the same epoch (this node was not subscribed for a
+/// moment: its connection to Redis dropped) is not delivered at once: the missed ones are
+/// read from Redis first, then everything goes out in order (the read has this message and
+/// those arriving meanwhile too; their copies from the subscription are then duplicates).
 pub fn deliver(
     broadcaster: &Broadcaster<Peer>,
     history: &StreamHistory,
+    cluster: Option<&Cluster>,
     scope: &Scope,
     at: Position,
     binary: bool,
     body: &[u8],
 ) {
     let Some(stream) = stream_of(scope) else { return };
+    if let Some(cluster) = cluster {
+        let mut filling = history.filling.lock().unwrap_or_else(|e| e.into_inner());
+        if filling.contains(stream) {
+            return;
+        }
+        if let Some(local) = broadcaster.stream_position(stream)
+            && local.epoch == at.epoch
+            && local.offset > 0
+            && at.offset > local.offset + 1
+        {
+            filling.insert(stream.to_owned());
+            let (broadcaster, filling, scope) = (broadcaster.clone(), history.filling.clone(), scope.clone());
+            let raw_subscribers = history.raw_subscribers.clone();
+            cluster.recover(RecoverRequest {
+                scope: scope.clone(),
+                from: local.offset + 1,
+                finish: Box::new(move |fetched| {
+                    if let Some(why) = merge(&broadcaster, &scope, fetched, &raw_subscribers) {
+                        tracing::warn!(%why, "cluster: could not read missed messages from Redis");
+                    }
+                    if let Some(stream) = stream_of(&scope) {
+                        filling.lock().unwrap_or_else(|e| e.into_inner()).remove(stream);
+                    }
+                }),
+            });
+            return;
+        }
+    }
     let split = broadcaster.split();
     let appended = broadcaster.publish_at(stream, at, &encode(scope, at, binary, body, split));
     if appended.delivered() && *scope == Scope::Broadcast {
-        send_raw(broadcaster, history, binary, body);
+        send_raw(broadcaster, &history.raw_subscribers, binary, body);
     }
 }
 
 /// Broadcast mode: the raw message to subscribers without the envelope, if there are any.
-pub fn send_raw(broadcaster: &Broadcaster<Peer>, history: &StreamHistory, binary: bool, body: &[u8]) {
-    if history.raw_subscribers.load(Ordering::Relaxed) == 0 {
+pub fn send_raw(broadcaster: &Broadcaster<Peer>, raw_subscribers: &AtomicUsize, binary: bool, body: &[u8]) {
+    if raw_subscribers.load(Ordering::Relaxed) == 0 {
         return;
     }
     let split = broadcaster.split();
@@ -293,7 +343,7 @@ pub fn publish_local(
     let split = broadcaster.split();
     broadcaster.publish(stream, |at| encode(scope, at, binary, body, split));
     if *scope == Scope::Broadcast {
-        send_raw(broadcaster, history, binary, body);
+        send_raw(broadcaster, &history.raw_subscribers, binary, body);
     }
 }
 

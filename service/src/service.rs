@@ -141,7 +141,8 @@ impl Service {
     /// Delivers a message that another node published, encoded once for this node.
     pub fn deliver_from_cluster(&self, broadcaster: &ringcast::Broadcaster<Peer>, inbound: crate::cluster::Inbound) {
         if let (Some(at), Some(history)) = (inbound.position, &self.history) {
-            return history::deliver(broadcaster, history, &inbound.scope, at, inbound.binary, &inbound.body);
+            let cluster = self.cluster.as_ref();
+            return history::deliver(broadcaster, history, cluster, &inbound.scope, at, inbound.binary, &inbound.body);
         }
         let split = broadcaster.split();
         let message = if inbound.binary {
@@ -172,7 +173,15 @@ impl Service {
                         match history::since_from_json(&request) {
                             Ok(since) => {
                                 let scope = Scope::Topic(topic.to_owned());
-                                return history::subscribe(conn, &scope, since, self.cluster.as_ref(), &self.topics);
+                                let raw = &self.history.as_ref().map(|h| h.raw_subscribers.clone()).unwrap_or_default();
+                                return history::subscribe(
+                                    conn,
+                                    &scope,
+                                    since,
+                                    self.cluster.as_ref(),
+                                    &self.topics,
+                                    raw,
+                                );
                             }
                             Err(error) => Err(error),
                         }
@@ -337,7 +346,8 @@ impl Handler for Service {
             match conn.request().and_then(|r| history::since_from_query(r).ok()).flatten() {
                 Some(since) => {
                     conn.data_mut().role = Role::StreamSubscriber;
-                    history::subscribe(conn, &Scope::Broadcast, since, self.cluster.as_ref(), &self.topics);
+                    let raw = history.raw_subscribers.clone();
+                    history::subscribe(conn, &Scope::Broadcast, since, self.cluster.as_ref(), &self.topics, &raw);
                 }
                 None => {
                     history.raw_subscribers.fetch_add(1, Ordering::Relaxed);

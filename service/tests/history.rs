@@ -79,6 +79,12 @@ impl Node {
     }
 }
 
+/// Sends a signal to a node's process (by its PID).
+fn signal(node: &Node, name: &str) {
+    let sent = Command::new("kill").args([&format!("-{name}"), &node.child.id().to_string()]).status().unwrap();
+    assert!(sent.success(), "kill -{name}");
+}
+
 fn json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
@@ -275,6 +281,13 @@ impl Redis {
         self.child = None;
     }
 
+    /// One command through `redis-cli` (it comes with redis-server).
+    fn cli(&self, args: &[&str]) {
+        let done =
+            Command::new("redis-cli").args(["-p", &self.port.to_string()]).args(args).output().expect("redis-cli");
+        assert!(done.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&done.stderr));
+    }
+
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
@@ -283,7 +296,8 @@ impl Redis {
 #[test]
 fn in_a_cluster_a_client_of_node_a_recovers_from_node_b_and_redis_outages_are_reported() {
     let mut redis = Redis::start();
-    let cluster = ["--mode", "pubsub", "--cluster", &redis.url()];
+    // (A send queue large enough for the burst of big messages below.)
+    let cluster = ["--mode", "pubsub", "--cluster", &redis.url(), "--send-queue-limit", "67108864"];
     let a = Node::start(&cluster);
     let b = Node::start(&cluster);
     a.wait_metric("ringcast_cluster_up", 1.0);
@@ -315,6 +329,27 @@ fn in_a_cluster_a_client_of_node_a_recovers_from_node_b_and_redis_outages_are_re
     let got = deliveries(&mut peer, "on_b", 4);
     assert_eq!(offsets(&got), [6, 7, 8, 9], "missed from Redis, then live through b");
     assert_eq!(b.metric("ringcast_history_fetches_total"), 1.0);
+
+    // b falls behind (stopped) until Redis drops its subscription for an overflowing
+    // output buffer, while a publishes: once b is back, the next message shows the gap, b
+    // reads what it missed from Redis, and its subscriber gets every offset, in order.
+    redis.cli(&["CONFIG", "SET", "client-output-buffer-limit", "pubsub 256 256 0"]);
+    let reconnects = b.metric("ringcast_cluster_reconnects_total");
+    signal(&b, "STOP");
+    // Past what the kernel's socket buffers hold for b: 10 × 512 KiB.
+    let filler = "x".repeat(512 << 10);
+    for i in 10..=19 {
+        a.publish("t", &format!("\"{i} {filler}\""));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    signal(&b, "CONT");
+    b.wait_metric("ringcast_cluster_reconnects_total", reconnects + 1.0);
+    redis.cli(&["CONFIG", "SET", "client-output-buffer-limit", "pubsub 33554432 8388608 60"]);
+    a.publish("t", "20");
+    let got = deliveries(&mut peer, "on_b", 11);
+    assert_eq!(offsets(&got), (10..=20).collect::<Vec<_>>(), "nothing lost while b was cut off");
+    assert!(got[0].2.as_str().unwrap().starts_with("10 "), "{:?}", got[0]);
+    assert_eq!(b.metric("ringcast_history_fetches_total"), 2.0, "the gap was filled from Redis");
 
     // Redis down: a position b's own history cannot serve is "not recovered", and why.
     redis.kill();
