@@ -29,6 +29,9 @@ use crate::conn::{self, Stream, Target, TlsOptions, describe};
 use crate::stats::{GroupResult, Hist, SeqSet, latency_histogram};
 use crate::wire::{self, CompressedStamp, StampInflater, StampReader};
 
+mod resume;
+pub use resume::{ClientRecovery, ReconnectPlan};
+
 /// What the clients do once connected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -39,6 +42,9 @@ pub enum Scenario {
     Echo,
     /// Hold the connection.
     Idle,
+    /// Receive a broadcast stream with offsets; a fraction of the clients drops its
+    /// connection now and then and resumes from its last offset.
+    Reconnect,
 }
 
 impl Scenario {
@@ -48,6 +54,7 @@ impl Scenario {
             Scenario::Broadcast => "broadcast",
             Scenario::Echo => "echo",
             Scenario::Idle => "idle",
+            Scenario::Reconnect => "reconnect",
         }
     }
 }
@@ -97,6 +104,9 @@ pub struct GroupConfig {
     /// What the messages look like.
     #[serde(default)]
     pub payload_kind: wire::PayloadKind,
+    /// Reconnect: who reconnects, how often and where to.
+    #[serde(default)]
+    pub reconnect: Option<ReconnectPlan>,
 }
 
 /// Where the run is. Every group goes Connect → Run → (Drain) → done; Stop ends early.
@@ -252,6 +262,8 @@ struct Ctx {
     tls: Option<tokio_rustls::TlsConnector>,
     latency: RefCell<Histogram<u64>>,
     connect: RefCell<Histogram<u64>>,
+    /// Reconnect: from starting to reconnect to having caught up, µs.
+    recovery: RefCell<Histogram<u64>>,
     errors: RefCell<BTreeMap<String, u64>>,
     clients: RefCell<Vec<Rc<RefCell<ClientState>>>>,
     pending: Cell<usize>,
@@ -290,6 +302,7 @@ impl Ctx {
 
 #[derive(Debug, Default)]
 struct ClientState {
+    index: usize,
     connected: bool,
     seen: SeqSet,
     distinct: u64,
@@ -302,6 +315,12 @@ struct ClientState {
     sent: u64,
     last_recv_ns: u64,
     settled: bool,
+    /// Reconnect scenario.
+    reconnects: u64,
+    replayed: u64,
+    recoveries_incomplete: u64,
+    offset_gaps: u64,
+    epoch_changes: u64,
 }
 
 fn run_shard(
@@ -313,13 +332,18 @@ fn run_shard(
 ) -> GroupResult {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     let ctx = Rc::new(Ctx {
-        target: Cell::new(if config.scenario == Scenario::Broadcast { config.planned_messages } else { u64::MAX }),
+        target: Cell::new(if matches!(config.scenario, Scenario::Broadcast | Scenario::Reconnect) {
+            config.planned_messages
+        } else {
+            u64::MAX
+        }),
         config,
         progress,
         phase,
         tls,
         latency: RefCell::new(latency_histogram()),
         connect: RefCell::new(latency_histogram()),
+        recovery: RefCell::new(latency_histogram()),
         errors: RefCell::default(),
         clients: RefCell::default(),
         pending: Cell::new(0),
@@ -363,7 +387,7 @@ async fn shard_main(ctx: Rc<Ctx>, shard: usize) -> u64 {
         }
         ctx.pending.set(ctx.pending.get() + 1);
         ctx.progress.launched.fetch_add(1, Relaxed);
-        let state = Rc::new(RefCell::new(ClientState::default()));
+        let state = Rc::new(RefCell::new(ClientState { index: client, ..ClientState::default() }));
         ctx.clients.borrow_mut().push(state.clone());
         tokio::task::spawn_local(client_task(ctx.clone(), client, state));
     }
@@ -371,7 +395,7 @@ async fn shard_main(ctx: Rc<Ctx>, shard: usize) -> u64 {
     let launched = ctx.clients.borrow().len();
     let all_settled = || ctx.settled.get() >= launched;
     match config.scenario {
-        Scenario::Broadcast => {
+        Scenario::Broadcast | Scenario::Reconnect => {
             let Ok(now) = phase.wait_for(|p| matches!(p, Phase::Drain { .. } | Phase::Stop)).await.map(|p| *p) else {
                 return ctx.target.get();
             };
@@ -431,6 +455,7 @@ fn collect(ctx: &Ctx, sent: u64) -> GroupResult {
         connect_last_ns: ctx.connect_last.get(),
         latency: Hist(ctx.latency.borrow().clone()),
         connect: Hist(ctx.connect.borrow().clone()),
+        recovery: Hist(ctx.recovery.borrow().clone()),
         errors: ctx.errors.borrow().clone(),
         deflate_connections: ctx.deflate_connections.get(),
         ..Default::default()
@@ -441,7 +466,7 @@ fn collect(ctx: &Ctx, sent: u64) -> GroupResult {
             continue;
         }
         let (expected, distinct) = match ctx.config.scenario {
-            Scenario::Broadcast => (sent, st.seen.count_in(0, sent)),
+            Scenario::Broadcast | Scenario::Reconnect => (sent, st.seen.count_in(0, sent)),
             Scenario::Echo => (st.sent, st.distinct),
             Scenario::Idle => (0, 0),
         };
@@ -457,6 +482,20 @@ fn collect(ctx: &Ctx, sent: u64) -> GroupResult {
         if lost > 0 {
             r.clients_with_loss += 1;
             r.max_client_loss = r.max_client_loss.max(lost);
+        }
+        r.reconnects += st.reconnects;
+        r.replayed += st.replayed;
+        r.recoveries_incomplete += st.recoveries_incomplete;
+        r.offset_gaps += st.offset_gaps;
+        r.epoch_changes += st.epoch_changes;
+        if ctx.config.reconnect.as_ref().is_some_and(|plan| plan.reconnects(st.index)) {
+            r.per_client.push(ClientRecovery {
+                client: st.index,
+                reconnects: st.reconnects,
+                recovered: st.replayed,
+                lost,
+                duplicated: st.duplicates,
+            });
         }
     }
     r
@@ -494,6 +533,7 @@ async fn client_task(ctx: Rc<Ctx>, index: usize, state: Rc<RefCell<ClientState>>
     }
     let mut reader = Reader::new(buf, config.payload_kind, deflate);
     let outcome = match config.scenario {
+        Scenario::Reconnect => resume::run(&ctx, &state, index, stream, reader).await,
         Scenario::Broadcast => subscribe(&ctx, &state, &mut stream, &mut reader).await,
         Scenario::Echo => echo(&ctx, &state, &mut stream, &mut reader, index).await,
         Scenario::Idle => loop {

@@ -96,6 +96,7 @@ pub struct Config {
     pub(crate) keep_request: bool,
     pub(crate) recv_buffers: u16,
     pub(crate) recv_buffer_size: usize,
+    pub(crate) history: crate::history::HistoryConfig,
     /// The origin of the connections' compact timestamps (milliseconds since it).
     pub(crate) epoch: std::time::Instant,
     pub(crate) deflate: ServerDeflateConfig,
@@ -126,6 +127,7 @@ impl Default for Config {
             keep_request: false,
             recv_buffers: 64,
             recv_buffer_size: 64 << 10,
+            history: crate::history::HistoryConfig::off(),
             epoch: std::time::Instant::now(),
             deflate: ServerDeflateConfig::new().enabled(false),
         }
@@ -400,6 +402,15 @@ impl ServerBuilder {
     /// ```
     pub fn permessage_deflate(mut self, deflate: ServerDeflateConfig) -> Self {
         self.config.deflate = deflate;
+        self
+    }
+
+    /// Keep a bounded history of every topic published with
+    /// [`Broadcaster::publish`](crate::Broadcaster::publish), so that subscribers can
+    /// recover what they missed ([`Connection::subscribe_from`](crate::Connection::subscribe_from)).
+    /// Off by default (offsets are assigned either way).
+    pub fn history(mut self, history: crate::history::HistoryConfig) -> Self {
+        self.config.history = history;
         self
     }
 

@@ -143,11 +143,13 @@ impl ServerBuilder {
             .collect::<Result<Vec<_>, _>>()
             .map_err(StartError::Worker)?;
         let stats: Vec<Arc<ShardStats>> = (0..config.workers).map(|_| Arc::default()).collect();
+        let history = Arc::new(crate::history::History::new(config.history));
         let router = Router {
             shards: mailboxes.clone(),
             stats: stats.clone(),
             split: config.split,
             deflate: config.deflate.is_enabled(),
+            history,
         };
         let broadcaster = Broadcaster { router: Arc::new(router) };
         let handler = Arc::new(handler);

@@ -3,7 +3,9 @@
 
 mod cluster;
 mod dashboard;
+mod history;
 mod metrics;
+mod redis_history;
 mod service;
 mod settings;
 mod topics;
@@ -59,6 +61,7 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mode = args.mode.unwrap_or_default();
     let status_page = args.status_page.unwrap_or(true);
     let topics = Arc::new(TopicCounts::default());
+    let history = history_config(&args);
     let (cluster, backbone) = match &args.cluster {
         Some(url) => {
             let always = match mode {
@@ -66,7 +69,11 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
                 Mode::Relay => vec![Scope::Relay],
                 Mode::Pubsub | Mode::Echo => vec![],
             };
-            let (cluster, backbone) = cluster::connect(url, &always, topics.clone())?;
+            let in_redis = history.is_enabled().then(|| redis_history::RedisHistory {
+                max_messages: history.messages(),
+                ttl_ms: history.age().as_millis() as u64,
+            });
+            let (cluster, backbone) = cluster::connect(url, &always, topics.clone(), in_redis)?;
             (Some(cluster), Some(backbone))
         }
         None => (None, None),
@@ -80,8 +87,10 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         counters: ServiceCounters::default(),
         topics,
         cluster,
+        history: (history.is_enabled() && matches!(mode, Mode::Broadcast | Mode::Pubsub))
+            .then(|| history::StreamHistory::new(history)),
     };
-    let server = builder(&args)?.start(service)?;
+    let server = builder(&args)?.history(history).start(service)?;
     if let Some(backbone) = backbone {
         let (broadcaster, service) = (server.broadcaster(), server.handler().clone());
         backbone.start(move |inbound| service.deliver_from_cluster(&broadcaster, inbound))?;
@@ -102,6 +111,15 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     server.stop();
     tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "ringcast stopped");
     Ok(())
+}
+
+/// `--history-size`, `--history-ttl`, `--history-memory`: on with modest bounds.
+fn history_config(args: &ServeArgs) -> ringcast::HistoryConfig {
+    let defaults = ringcast::HistoryConfig::new();
+    ringcast::HistoryConfig::new()
+        .max_messages(args.history_size.unwrap_or(defaults.messages()))
+        .max_age(args.history_ttl.unwrap_or(defaults.age()))
+        .max_bytes(args.history_memory.unwrap_or(defaults.bytes()))
 }
 
 fn normalize(path: &str) -> String {

@@ -10,6 +10,7 @@ use simd_json::prelude::*;
 
 use crate::cluster::{Cluster, Scope};
 use crate::dashboard::{self, Dashboard};
+use crate::history::{self, StreamHistory};
 use crate::metrics::{self, ServiceCounters};
 use crate::settings::Mode;
 use crate::topics::TopicCounts;
@@ -22,6 +23,9 @@ pub enum Role {
     Client,
     /// Broadcast mode: receives what publishers send.
     Subscriber,
+    /// Broadcast mode, with offsets (`/?offsets=1`, `?since=`, `?last=`): receives the
+    /// broadcast stream's messages in their envelope.
+    StreamSubscriber,
     /// Broadcast mode: sends what subscribers receive.
     Publisher,
     /// The dashboard's live feed.
@@ -46,6 +50,8 @@ pub struct Service {
     pub topics: Arc<TopicCounts>,
     /// Other nodes, when running with `--cluster`.
     pub cluster: Option<Cluster>,
+    /// Message history (offsets, recovery), unless `--history-size 0`.
+    pub history: Option<StreamHistory>,
 }
 
 /// Whether a request carries the token (`?token=` or `Authorization: Bearer`).
@@ -102,6 +108,9 @@ impl Service {
     /// Broadcast mode: a publisher's message goes to every subscriber, encoded once.
     fn fan_out(&self, conn: &mut Connection<'_, Peer>, message: PreparedMessage, binary: bool, payload: &[u8]) {
         self.counters.published.fetch_add(1, Ordering::Relaxed);
+        if self.history.is_some() {
+            return self.publish_stream(conn.broadcaster(), &Scope::Broadcast, binary, payload);
+        }
         conn.send_where(|c| c.data().role == Role::Subscriber, &message);
         self.to_cluster(&Scope::Broadcast, binary, payload);
     }
@@ -114,6 +123,15 @@ impl Service {
         self.to_cluster(&Scope::Relay, binary, payload);
     }
 
+    /// A stream's message (history on): through Redis with a cluster, else here.
+    fn publish_stream(&self, broadcaster: &ringcast::Broadcaster<Peer>, scope: &Scope, binary: bool, payload: &[u8]) {
+        let Some(history) = &self.history else { return };
+        match &self.cluster {
+            Some(cluster) => cluster.publish_stream(scope, binary, payload),
+            None => history::publish_local(broadcaster, history, scope, binary, payload),
+        }
+    }
+
     fn to_cluster(&self, scope: &Scope, binary: bool, payload: &[u8]) {
         if let Some(cluster) = &self.cluster {
             cluster.publish(scope, binary, payload);
@@ -122,6 +140,10 @@ impl Service {
 
     /// Delivers a message that another node published, encoded once for this node.
     pub fn deliver_from_cluster(&self, broadcaster: &ringcast::Broadcaster<Peer>, inbound: crate::cluster::Inbound) {
+        if let (Some(at), Some(history)) = (inbound.position, &self.history) {
+            let cluster = self.cluster.as_ref();
+            return history::deliver(broadcaster, history, cluster, &inbound.scope, at, inbound.binary, &inbound.body);
+        }
         let split = broadcaster.split();
         let message = if inbound.binary {
             PreparedMessage::binary(&inbound.body, split)
@@ -147,6 +169,23 @@ impl Service {
                     (_, Some(topic)) if topic.is_empty() || topic.len() > 256 => {
                         Err("topic must be 1 to 256 bytes".to_owned())
                     }
+                    (Some("subscribe"), Some(topic)) if self.history.is_some() => {
+                        match history::since_from_json(&request) {
+                            Ok(since) => {
+                                let scope = Scope::Topic(topic.to_owned());
+                                let raw = &self.history.as_ref().map(|h| h.raw_subscribers.clone()).unwrap_or_default();
+                                return history::subscribe(
+                                    conn,
+                                    &scope,
+                                    since,
+                                    self.cluster.as_ref(),
+                                    &self.topics,
+                                    raw,
+                                );
+                            }
+                            Err(error) => Err(error),
+                        }
+                    }
                     (Some("subscribe"), Some(topic)) => {
                         if conn.subscribe(topic) {
                             self.topic_subscribed(topic);
@@ -162,6 +201,10 @@ impl Service {
                     (Some("publish"), Some(topic)) => {
                         let data = request.get("data").map_or_else(|| "null".to_owned(), |d| d.encode());
                         self.counters.published.fetch_add(1, Ordering::Relaxed);
+                        if self.history.is_some() {
+                            let scope = Scope::Topic(topic.to_owned());
+                            return self.publish_stream(conn.broadcaster(), &scope, false, data.as_bytes());
+                        }
                         let message = topic_message(topic, &data);
                         conn.send_to(Target::topic(topic), &message);
                         self.to_cluster(&Scope::Topic(topic.to_owned()), false, message.as_bytes());
@@ -201,6 +244,9 @@ impl Service {
             _ => PreparedMessage::binary(body, split),
         };
         match self.mode {
+            Mode::Broadcast if self.history.is_some() => {
+                self.publish_stream(broadcaster, &Scope::Broadcast, binary, body);
+            }
             Mode::Broadcast => {
                 broadcaster.send_where(|c| c.data().role == Role::Subscriber, &encode());
                 self.to_cluster(&Scope::Broadcast, binary, body);
@@ -214,6 +260,11 @@ impl Service {
                     Ok(value) => value.encode(),
                     Err(_) => json_string(&String::from_utf8_lossy(body)),
                 };
+                if self.history.is_some() {
+                    self.publish_stream(broadcaster, &Scope::Topic(topic.to_owned()), false, data.as_bytes());
+                    self.counters.published.fetch_add(1, Ordering::Relaxed);
+                    return HttpResponse::json(202, format!("{{\"accepted\":true,\"bytes\":{}}}", body.len()));
+                }
                 let message = topic_message(topic, &data);
                 broadcaster.send(Target::topic(topic), &message);
                 self.to_cluster(&Scope::Topic(topic.to_owned()), false, message.as_bytes());
@@ -266,7 +317,13 @@ impl Handler for Service {
                 TokenCheck::Wrong => Allow::Status(403),
             };
         }
-        if path == self.path { Allow::Yes } else { Allow::Status(404) }
+        if path != self.path {
+            return Allow::Status(404);
+        }
+        if self.mode == Mode::Broadcast && history::since_from_query(request).is_err() {
+            return Allow::Status(400);
+        }
+        Allow::Yes
     }
 
     fn on_handshake_response_sent(&self, conn: &mut Connection<'_, Peer>) {
@@ -282,6 +339,20 @@ impl Handler for Service {
             && let Some(dashboard) = &self.dashboard
         {
             let _ = conn.send(&dashboard.history_message());
+        }
+        if conn.data().role == Role::Subscriber
+            && let Some(history) = &self.history
+        {
+            match conn.request().and_then(|r| history::since_from_query(r).ok()).flatten() {
+                Some(since) => {
+                    conn.data_mut().role = Role::StreamSubscriber;
+                    let raw = history.raw_subscribers.clone();
+                    history::subscribe(conn, &Scope::Broadcast, since, self.cluster.as_ref(), &self.topics, &raw);
+                }
+                None => {
+                    history.raw_subscribers.fetch_add(1, Ordering::Relaxed);
+                }
+            }
         }
     }
 
@@ -321,6 +392,11 @@ impl Handler for Service {
     }
 
     fn on_disconnect(&self, conn: &mut Connection<'_, Peer>, _reason: &ringcast::DisconnectReason) {
+        if conn.data().role == Role::Subscriber
+            && let Some(history) = &self.history
+        {
+            history.raw_subscribers.fetch_sub(1, Ordering::Relaxed);
+        }
         for topic in conn.topics() {
             self.topic_unsubscribed(topic);
         }
@@ -336,12 +412,16 @@ impl Handler for Service {
         Some(match (head.method(), head.path()) {
             ("POST", path) if path == self.publish_path => self.http_publish(http),
             ("GET", "/metrics") => HttpResponse::new(200).header("Content-Type", "text/plain; version=0.0.4").body(
-                metrics::render(
+                (metrics::render(
                     &http.broadcaster().stats(),
                     &self.counters,
                     self.cluster.as_ref().map(|c| &*c.metrics),
-                )
-                .into_bytes(),
+                ) + &history::render_metrics(
+                    self.history.as_ref(),
+                    http.broadcaster(),
+                    self.cluster.as_ref().map(|c| &*c.metrics),
+                ))
+                    .into_bytes(),
             ),
             ("GET", "/healthz") => HttpResponse::text(200, "ok\n"),
             ("GET", path) if path == self.path => return None,

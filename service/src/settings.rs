@@ -230,8 +230,24 @@ pub struct ServeArgs {
     pub log_format: Option<LogFormat>,
 
     /// Join a cluster of ringcast nodes through Redis pub/sub, e.g. redis://127.0.0.1:6379.
+    /// With history on, the history lives in Redis (Streams) and offsets are assigned
+    /// there, so a client recovers on any node.
     #[arg(long, value_name = "URL")]
     pub cluster: Option<String>,
+
+    /// Messages of history kept per stream (each pub/sub topic, the broadcast stream) for
+    /// clients that reconnect; 0 turns history off (no offsets in deliveries) [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub history_size: Option<usize>,
+
+    /// Forget history older than this [default: 5m].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde_opt")]
+    pub history_ttl: Option<Duration>,
+
+    /// Memory cap of the history over all streams, per node [default: 67108864].
+    #[arg(long, value_name = "BYTES")]
+    pub history_memory: Option<usize>,
 }
 
 /// Durations in the TOML file are written like the flags: "10s", "500ms".
@@ -279,6 +295,9 @@ impl ServeArgs {
             admin_token: self.admin_token.or(file.admin_token),
             log_format: self.log_format.or(file.log_format),
             cluster: self.cluster.or(file.cluster),
+            history_size: self.history_size.or(file.history_size),
+            history_ttl: self.history_ttl.or(file.history_ttl),
+            history_memory: self.history_memory.or(file.history_memory),
         }
     }
 

@@ -11,7 +11,10 @@ use ringcast_codec::deflate::CompressedVariants;
 use ringcast_codec::{OpCode, PreparedMessage, Split};
 
 use crate::api::connection::ConnectionRef;
+use crate::api::recovery::ConnectionTask;
 use crate::api::target::{Message, Target};
+use crate::history::History;
+use crate::id::ConnectionId;
 use crate::stats::{ShardStats, Stats};
 
 /// One encoded message on its way to the shards; each shard shares these bytes between
@@ -39,7 +42,11 @@ pub(crate) struct Deflatable {
 impl Broadcast {
     /// Encodes `message` once; `deflate`: some connections may take a compressed variant.
     pub(crate) fn new(message: Message<'_>, split: Split, deflate: bool, published: Instant) -> Self {
-        let prepared = message.prepare(split);
+        Self::prepared(message.prepare(split), deflate, published)
+    }
+
+    /// A message already encoded; `deflate` as in [`Broadcast::new`].
+    pub(crate) fn prepared(prepared: PreparedMessage, deflate: bool, published: Instant) -> Self {
         let compressible = !prepared.is_compressed() && matches!(prepared.opcode(), OpCode::Text | OpCode::Binary);
         let deflatable = (deflate && compressible)
             .then(|| Deflatable { plain: prepared.clone(), variants: CompressedVariants::new() });
@@ -53,6 +60,11 @@ pub(crate) enum Command<D> {
     Send { message: Arc<Broadcast>, target: Target<D> },
     /// Close every connection and stop.
     Stop,
+    /// Queue `replay` on a connection and add it to `topic`'s subscribers, at this point
+    /// of the stream's order (see `api/recovery.rs`).
+    Join { id: ConnectionId, topic: Arc<str>, replay: Vec<Bytes> },
+    /// Run a task on a connection (see [`Broadcaster::with_connection`]).
+    Run { id: ConnectionId, task: ConnectionTask<D> },
 }
 
 /// A shard's inbox: commands from other threads, and the eventfd that wakes the shard's
@@ -118,6 +130,8 @@ pub(crate) struct Router<D> {
     pub(crate) split: Split,
     /// permessage-deflate is enabled: broadcasts keep what compression needs.
     pub(crate) deflate: bool,
+    /// Every stream's offsets and kept messages.
+    pub(crate) history: Arc<History>,
 }
 
 /// Sends messages to connections from any thread: one encode and one command per shard

@@ -659,6 +659,15 @@ impl<D> Conn<D> {
         Ok(())
     }
 
+    /// Queues a message replayed from the history. It is exempt from the send-queue
+    /// bound, which would otherwise cut a recovery short (a gap): the history's own
+    /// bounds limit it, and its bytes are shared with the history.
+    pub(crate) fn push_replay(&mut self, frame: OutFrame) -> Result<(), Refused> {
+        self.check_open()?;
+        self.queue.push(frame, Outbound::Message);
+        Ok(())
+    }
+
     /// Queues a ping.
     pub(crate) fn send_ping(&mut self, payload: &[u8], config: &Config, now: Instant) -> Result<(), Refused> {
         self.check_open()?;

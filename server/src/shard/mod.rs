@@ -8,6 +8,7 @@
 //! ([`Shard::take_ended`]). `I` is the driver's own per-connection state, kept in the same
 //! slot so that one lookup finds both.
 
+mod recovery;
 mod timers;
 
 use std::net::SocketAddr;
@@ -409,6 +410,8 @@ impl<H: Handler, I> Shard<H, I> {
             match command {
                 Command::Send { message, target } => self.fan_out(&message, &target),
                 Command::Stop => self.begin_stop(now),
+                Command::Join { id, topic, replay } => self.join(id, &topic, replay),
+                Command::Run { id, task } => self.run_task(id, task),
             }
         }
         self.commands = commands;
