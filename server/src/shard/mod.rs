@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use ringcast_codec::{CloseCode, Incoming};
 use slab::Slab;
 
-use crate::api::broadcaster::{Broadcast, Broadcaster, Command, Mailbox};
+use crate::access::Access;
+use crate::api::broadcaster::{Broadcast, Broadcaster, Command, Mailbox, Visitor};
 use crate::api::connection::{ConnectionRef, ShardView};
 use crate::api::{Connection, HttpRequest, HttpResponse, Target};
 use crate::config::Config;
@@ -78,6 +79,10 @@ pub(crate) struct Shard<H: Handler, I> {
 impl<H: Handler, I> Shard<H, I> {
     pub(crate) fn new(setup: ShardSetup<H>, now: Instant) -> Self {
         let ShardSetup { index, config, handler, broadcaster, mailbox, stats, open_connections } = setup;
+        let check = {
+            let handler = handler.clone();
+            Box::new(move |conn: &ConnectionRef<'_, H::Data>, access: Access<'_>| handler.check(conn, access))
+        };
         Shard {
             index,
             handler,
@@ -90,6 +95,7 @@ impl<H: Handler, I> Shard<H, I> {
                 now,
                 index,
                 deferred: Vec::new(),
+                check,
             },
             mailbox,
             timers: TimerQueue::default(),
@@ -178,7 +184,8 @@ impl<H: Handler, I> Shard<H, I> {
         match event {
             Event::Upgrade { request, accept } => {
                 let Some(slot) = self.conns.get_mut(key) else { return };
-                match self.handler.allow(&request, slot.conn.peer()) {
+                let (peer, id) = (slot.conn.peer(), slot.conn.id());
+                match self.handler.authenticate(&request, peer, id, &mut slot.conn.data) {
                     Allow::Yes => {
                         slot.conn.accept(request, &accept);
                         stats.handshakes_accepted.add(1);
@@ -354,6 +361,7 @@ impl<H: Handler, I> Shard<H, I> {
         for command in commands.drain(..) {
             match command {
                 Command::Send { message, target } => self.fan_out(&message, &target),
+                Command::Visit { target, visit } => self.visit(&target, &visit),
                 Command::Stop => self.begin_stop(now),
             }
         }
@@ -393,6 +401,29 @@ impl<H: Handler, I> Shard<H, I> {
                         fan.deliver(key, slot);
                     }
                 }
+            }
+        }
+    }
+
+    /// Runs `visit` on every open connection of this shard that `target` picks, each as
+    /// a handler event of its own.
+    fn visit(&mut self, target: &Target<H::Data>, visit: &Visitor<H::Data>) {
+        let keys: Vec<usize> = match target {
+            Target::Connection(id) => {
+                self.conns.get(id.slot()).filter(|s| s.conn.id() == *id).map(|_| id.slot()).into_iter().collect()
+            }
+            Target::Topic(topic) => self.view.topics.members(topic).map(|id| id.slot()).collect(),
+            _ => self
+                .conns
+                .iter()
+                .filter(|(_, slot)| slot.conn.is_open() && target.matches(&ConnectionRef { conn: &slot.conn }))
+                .map(|(key, _)| key)
+                .collect(),
+        };
+        for key in keys {
+            if self.conns.get(key).is_some_and(|slot| slot.conn.is_open()) {
+                self.dispatch(key, |_, conn| visit(conn));
+                self.settle(key);
             }
         }
     }
