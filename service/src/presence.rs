@@ -33,10 +33,10 @@ const REFRESH_BATCH: usize = 512;
 /// One subscriber as presence shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
-    /// The user id (`None`: anonymous).
-    pub user: Option<Box<str>>,
+    /// The user id (`None`: anonymous), shared with the connection's identity.
+    pub user: Option<Arc<str>>,
     /// `info` from the token, as JSON text.
-    pub info: Option<Box<str>>,
+    pub info: Option<Arc<str>>,
 }
 
 impl Member {

@@ -102,6 +102,6 @@ pub fn mint(args: &TokenArgs) -> Result<String, String> {
     }
     let mut header = Header::new(alg);
     header.kid = args.kid.clone();
-    let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
+    super::provider::install();
     jsonwebtoken::encode(&header, &Value::Object(claims), &key).map_err(|e| format!("signing: {e}"))
 }

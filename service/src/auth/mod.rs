@@ -20,6 +20,7 @@
 
 pub mod mint;
 pub mod pattern;
+pub mod provider;
 pub mod rules;
 pub mod sessions;
 pub mod settings;
@@ -317,7 +318,7 @@ impl Auth {
 
     /// The presence `info` of `id` in `topic`: the subscription token's, else the
     /// connection token's.
-    pub fn info(&self, id: ConnectionId, topic: &str) -> Option<Box<str>> {
+    pub fn info(&self, id: ConnectionId, topic: &str) -> Option<Arc<str>> {
         self.sessions.with(id, |session| {
             let session = session?;
             let granted = session.grants.iter().find(|g| &*g.channel == topic).and_then(|g| g.info.clone());

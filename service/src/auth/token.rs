@@ -91,8 +91,8 @@ impl TokenError {
 /// Who a connection token says the connection is, and what it grants.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
-    /// `sub`.
-    pub user: Box<str>,
+    /// `sub` (shared with presence entries).
+    pub user: Arc<str>,
     /// `exp`, in seconds since the Unix epoch (`None`: never, where allowed).
     pub expires: Option<u64>,
     /// `subscribe`: topics the user may subscribe to, beyond the channel rules.
@@ -100,20 +100,20 @@ pub struct Identity {
     /// `publish`: topics the user may publish on.
     pub publish: Box<[Pattern]>,
     /// `info`, as JSON text: shown in presence.
-    pub info: Option<Box<str>>,
+    pub info: Option<Arc<str>>,
 }
 
 /// What a subscription token grants: one channel to one user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
     /// `sub`: the user it was issued to.
-    pub user: Box<str>,
+    pub user: Arc<str>,
     /// `channel`.
     pub channel: Box<str>,
     /// `exp`, in seconds since the Unix epoch.
     pub expires: Option<u64>,
     /// `info`, as JSON text: shown in this channel's presence instead of the connection's.
-    pub info: Option<Box<str>>,
+    pub info: Option<Arc<str>>,
 }
 
 /// The claims the service reads; others are ignored.
@@ -179,9 +179,8 @@ struct Jwks {
 impl Verifier {
     /// Loads the keys; an unreadable or unusable key file is an error naming it.
     pub fn new(settings: &KeySettings) -> Result<Verifier, String> {
-        // The process uses exactly one provider; installing it explicitly keeps that
-        // true even if another crate turned on a second backend feature.
-        let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
+        // ring for RSA and ECDSA, RustCrypto for the rest (see `provider`).
+        super::provider::install();
         let hmac = settings.hmac_secret.as_deref().map(|secret| DecodingKey::from_secret(secret.as_bytes()));
         if settings.hmac_secret.as_deref().is_some_and(|s| s.len() < 16) {
             return Err("the JWT HMAC secret must be at least 16 bytes".into());
@@ -394,7 +393,7 @@ fn header_error(token: &str) -> TokenError {
     }
 }
 
-fn user(sub: Option<String>) -> Result<Box<str>, TokenError> {
+fn user(sub: Option<String>) -> Result<Arc<str>, TokenError> {
     match sub {
         Some(sub) if !sub.is_empty() && sub.len() <= 256 => Ok(sub.into()),
         Some(_) => Err(TokenError::Claims("sub must be 1 to 256 bytes".into())),
@@ -410,8 +409,8 @@ fn patterns(claim: &str, list: Option<Vec<String>>) -> Result<Box<[Pattern]>, To
     list.iter().map(|p| Pattern::parse(p).map_err(|e| TokenError::Claims(format!("{claim}: {e}")))).collect()
 }
 
-fn info(info: Option<serde_json::Value>) -> Option<Box<str>> {
-    info.filter(|v| !v.is_null()).map(|v| v.to_string().into_boxed_str())
+fn info(info: Option<serde_json::Value>) -> Option<Arc<str>> {
+    info.filter(|v| !v.is_null()).map(|v| v.to_string().into())
 }
 
 /// Reads a JWKS file: every key with a `kid`, and the algorithm it serves (its `alg`, or
