@@ -90,6 +90,9 @@ pub struct GroupConfig {
     pub planned_messages: u64,
     /// Broadcast: the first `warmup_messages` are not measured.
     pub warmup_messages: u64,
+    /// A text message each client sends after its upgrade, awaiting a text reply.
+    #[serde(default)]
+    pub subscribe: Option<String>,
 }
 
 /// Where the run is. Every group goes Connect → Run → (Drain) → done; Stop ends early.
@@ -469,12 +472,21 @@ async fn client_task(ctx: Rc<Ctx>, index: usize, state: Rc<RefCell<ClientState>>
             return;
         }
     };
+    let mut reader = Reader::new(buf);
+    if let Some(text) = &config.subscribe {
+        let exchanged = tokio::time::timeout(timeout, exchange_text(&mut stream, &mut reader, text)).await;
+        if let Err(e) = exchanged.unwrap_or_else(|_| Err(format!("subscribe: no reply within {timeout:?}"))) {
+            ctx.progress.failed.fetch_add(1, Relaxed);
+            ctx.error(e);
+            ctx.settle(&mut state.borrow_mut());
+            return;
+        }
+    }
     let done = now_ns();
     ctx.connect.borrow_mut().saturating_record(((done - started) / 1000).max(1));
     ctx.connect_last.set(ctx.connect_last.get().max(done));
     ctx.progress.connected.fetch_add(1, Relaxed);
     state.borrow_mut().connected = true;
-    let mut reader = Reader::new(buf);
     let outcome = match config.scenario {
         Scenario::Broadcast => subscribe(&ctx, &state, &mut stream, &mut reader).await,
         Scenario::Echo => echo(&ctx, &state, &mut stream, &mut reader, index).await,
@@ -493,11 +505,22 @@ async fn client_task(ctx: Rc<Ctx>, index: usize, state: Rc<RefCell<ClientState>>
     ctx.settle(&mut state.borrow_mut());
 }
 
-/// Reads whole messages' stamps off one connection, answering pings.
+/// Sends `text` and waits for a text message in reply (`--subscribe`).
+async fn exchange_text(stream: &mut Stream, reader: &mut Reader, text: &str) -> Result<(), String> {
+    let mut out = BytesMut::new();
+    encode_masked_frame(&mut out, OpCode::Text, true, text.as_bytes(), rand::random());
+    stream.write_all(&out).await.map_err(|e| describe("subscribe", &e))?;
+    reader.read(stream, true).await.map(|_| ())
+}
+
+/// Reads whole messages' stamps off one connection, answering pings and skipping text
+/// messages.
 struct Reader {
     buf: BytesMut,
     decoder: Decoder,
     stamp: StampReader,
+    /// Inside a text message.
+    in_text: bool,
 }
 
 /// Each read asks for at least this much room.
@@ -506,17 +529,38 @@ const READ_CHUNK: usize = 8 * 1024;
 impl Reader {
     fn new(buf: BytesMut) -> Reader {
         let config = DecoderConfig::new(Role::Client).assembly(Assembly::Frames).max_message_size(1 << 30);
-        Reader { buf, decoder: Decoder::new(config.max_frame_size(1 << 30)), stamp: StampReader::default() }
+        Reader {
+            buf,
+            decoder: Decoder::new(config.max_frame_size(1 << 30)),
+            stamp: StampReader::default(),
+            in_text: false,
+        }
     }
 
-    /// The next message's `(seq, sent_ns, len)`; messages without a stamp are errors.
+    /// The next message's `(seq, sent_ns, len)`; binary messages without a stamp are
+    /// errors.
     async fn next(&mut self, stream: &mut Stream) -> Result<(u64, u64, usize), String> {
+        loop {
+            if let Some(stamped) = self.read(stream, false).await? {
+                return Ok(stamped);
+            }
+        }
+    }
+
+    /// The next stamped message, or with `text`, `None` once a text message ended.
+    async fn read(&mut self, stream: &mut Stream, text: bool) -> Result<Option<(u64, u64, usize)>, String> {
         loop {
             while let Some(event) = self.decoder.decode_buf(&mut self.buf).map_err(|e| format!("protocol: {e}"))? {
                 match event {
+                    Incoming::Fragment { opcode, fin, .. } if opcode == OpCode::Text || self.in_text => {
+                        self.in_text = !fin;
+                        if fin && text {
+                            return Ok(None);
+                        }
+                    }
                     Incoming::Fragment { fin, payload, .. } => {
                         if let Some(stamped) = self.stamp.push(&payload, fin) {
-                            return Ok(stamped);
+                            return Ok(Some(stamped));
                         }
                         if fin {
                             return Err("protocol: a message shorter than the 16-byte stamp".into());

@@ -262,6 +262,7 @@ fn run(common: &CommonArgs, spec: Spec) -> Result<RunReport, String> {
         drain_ns: spec.drain.as_nanos() as u64,
         planned_messages: planned,
         warmup_messages,
+        subscribe: common.subscribe.clone(),
     };
     let mut groups = Vec::new();
     let mut first = 0;
