@@ -162,3 +162,32 @@ mod duration_opt {
         text.map(|t| humantime::parse_duration(&t).map_err(serde::de::Error::custom)).transpose()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::settings::ServeArgs;
+
+    #[test]
+    fn the_sample_config_parses_with_its_rules_uncommented() {
+        let sample = include_str!("../../../deploy/ringcast.toml");
+        let file: ServeArgs = toml::from_str(sample).unwrap();
+        assert_eq!(file.auth.mode(), super::AuthMode::Off);
+        // The commented rules and keys are valid too.
+        let uncommented: String = sample
+            .lines()
+            .skip_while(|l| !l.starts_with("[auth]"))
+            .map(|l| {
+                l.strip_prefix("# ")
+                    .filter(|l| !l.contains(' ') || l.contains(" = ") || l.starts_with('['))
+                    .unwrap_or(l)
+            })
+            .map(|l| if l.starts_with("mode = ") { "mode = \"jwt\"" } else { l })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let file: ServeArgs = toml::from_str(&uncommented).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+        assert_eq!(file.auth.mode(), super::AuthMode::Jwt);
+        assert_eq!(file.channels.len(), 3);
+        assert_eq!(file.presence.ttl, Some(std::time::Duration::from_secs(15)));
+        assert!(file.auth.keys().is_ok());
+    }
+}
