@@ -295,9 +295,7 @@ impl PresenceBackbone {
                     if count == 0 {
                         return;
                     }
-                    for op in batch.drain(..) {
-                        self.apply(&mut link, op, &broadcaster, &answer).await;
-                    }
+                    self.apply(&mut link, &mut batch, &broadcaster, &answer).await;
                 }
                 _ = refresh.tick() => self.refresh(&mut link).await,
             }
@@ -305,42 +303,52 @@ impl PresenceBackbone {
         }
     }
 
+    /// Applies a batch of operations in order: the joins and leaves between two queries
+    /// go to Redis as one pipeline, before the query that follows them.
     async fn apply(
         &self,
         link: &mut Link,
-        op: Op,
+        batch: &mut Vec<Op>,
         broadcaster: &Broadcaster<Peer>,
         answer: &impl Fn(Query, &str) -> String,
     ) {
         let ttl_ms = self.ttl.as_millis() as u64;
-        match op {
-            Op::Join { topic, client, member } => {
-                let mut pipe = redis::pipe();
-                pipe.cmd("HSET").arg(hash_key(&topic)).arg(&client).arg(member).ignore();
-                pipe.cmd("ZADD").arg(expiry_key(&topic)).arg(unix_ms() + ttl_ms).arg(&client).ignore();
-                pipe.cmd("PEXPIRE").arg(hash_key(&topic)).arg(ttl_ms).ignore();
-                pipe.cmd("PEXPIRE").arg(expiry_key(&topic)).arg(ttl_ms).ignore();
-                link.exec(&pipe).await;
-            }
-            Op::Leave { topic, client } => {
-                let mut pipe = redis::pipe();
-                pipe.cmd("HDEL").arg(hash_key(&topic)).arg(&client).ignore();
-                pipe.cmd("ZREM").arg(expiry_key(&topic)).arg(&client).ignore();
-                link.exec(&pipe).await;
-            }
-            Op::Query { topic, query, reply } => {
-                let result = link.members(&topic).await;
-                let json = result.map(|members| render(&topic, query, members.into_iter()));
-                match reply {
-                    Reply::Http(tx) => {
-                        let _ = tx.try_send(json);
+        let mut writes = redis::pipe();
+        let mut pending = false;
+        for op in batch.drain(..) {
+            match op {
+                Op::Join { topic, client, member } => {
+                    writes.cmd("HSET").arg(hash_key(&topic)).arg(&client).arg(member).ignore();
+                    writes.cmd("ZADD").arg(expiry_key(&topic)).arg(unix_ms() + ttl_ms).arg(&client).ignore();
+                    writes.cmd("PEXPIRE").arg(hash_key(&topic)).arg(ttl_ms).ignore();
+                    writes.cmd("PEXPIRE").arg(expiry_key(&topic)).arg(ttl_ms).ignore();
+                    pending = true;
+                }
+                Op::Leave { topic, client } => {
+                    writes.cmd("HDEL").arg(hash_key(&topic)).arg(&client).ignore();
+                    writes.cmd("ZREM").arg(expiry_key(&topic)).arg(&client).ignore();
+                    pending = true;
+                }
+                Op::Query { topic, query, reply } => {
+                    if std::mem::take(&mut pending) {
+                        link.exec(&std::mem::take(&mut writes)).await;
                     }
-                    Reply::Connection(id) => {
-                        let text = answer(query, json.as_deref().unwrap_or(UNAVAILABLE));
-                        broadcaster.send(Target::Connection(id), &text);
+                    let result = link.members(&topic).await;
+                    let json = result.map(|members| render(&topic, query, members.into_iter()));
+                    match reply {
+                        Reply::Http(tx) => {
+                            let _ = tx.try_send(json);
+                        }
+                        Reply::Connection(id) => {
+                            let text = answer(query, json.as_deref().unwrap_or(UNAVAILABLE));
+                            broadcaster.send(Target::Connection(id), &text);
+                        }
                     }
                 }
             }
+        }
+        if pending {
+            link.exec(&writes).await;
         }
     }
 
