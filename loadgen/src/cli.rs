@@ -161,6 +161,13 @@ pub struct CommonArgs {
     #[arg(long)]
     pub insecure: bool,
 
+    /// After its upgrade each client sends this text message (e.g. a pub/sub subscribe,
+    /// {"op":"subscribe","topic":"bench"}) and counts as connected once a text message
+    /// comes back; the connect time includes that round trip. Text messages are never
+    /// taken for stamped ones.
+    #[arg(long, value_name = "TEXT")]
+    pub subscribe: Option<String>,
+
     /// The server's PID: reports its CPU seconds per million deliveries and RSS per
     /// connection from /proc.
     #[arg(long, value_name = "PID")]

@@ -107,6 +107,9 @@ pub struct GroupConfig {
     /// Reconnect: who reconnects, how often and where to.
     #[serde(default)]
     pub reconnect: Option<ReconnectPlan>,
+    /// A text message each client sends after its upgrade, awaiting a text reply.
+    #[serde(default)]
+    pub subscribe: Option<String>,
 }
 
 /// Where the run is. Every group goes Connect → Run → (Drain) → done; Stop ends early.
@@ -523,6 +526,16 @@ async fn client_task(ctx: Rc<Ctx>, index: usize, state: Rc<RefCell<ClientState>>
             return;
         }
     };
+    let mut reader = Reader::new(buf, config.payload_kind, deflate);
+    if let Some(text) = &config.subscribe {
+        let exchanged = tokio::time::timeout(timeout, exchange_text(&ctx, &mut stream, &mut reader, text)).await;
+        if let Err(e) = exchanged.unwrap_or_else(|_| Err(format!("subscribe: no reply within {timeout:?}"))) {
+            ctx.progress.failed.fetch_add(1, Relaxed);
+            ctx.error(e);
+            ctx.settle(&mut state.borrow_mut());
+            return;
+        }
+    }
     let done = now_ns();
     ctx.connect.borrow_mut().saturating_record(((done - started) / 1000).max(1));
     ctx.connect_last.set(ctx.connect_last.get().max(done));
@@ -531,7 +544,6 @@ async fn client_task(ctx: Rc<Ctx>, index: usize, state: Rc<RefCell<ClientState>>
     if deflate {
         ctx.deflate_connections.set(ctx.deflate_connections.get() + 1);
     }
-    let mut reader = Reader::new(buf, config.payload_kind, deflate);
     let outcome = match config.scenario {
         Scenario::Reconnect => resume::run(&ctx, &state, index, stream, reader).await,
         Scenario::Broadcast => subscribe(&ctx, &state, &mut stream, &mut reader).await,
@@ -551,10 +563,35 @@ async fn client_task(ctx: Rc<Ctx>, index: usize, state: Rc<RefCell<ClientState>>
     ctx.settle(&mut state.borrow_mut());
 }
 
-/// Reads whole messages' stamps off one connection, answering pings.
+/// Sends `text` and waits for a text message in reply (`--subscribe`).
+async fn exchange_text(ctx: &Ctx, stream: &mut Stream, reader: &mut Reader, text: &str) -> Result<(), String> {
+    let mut out = BytesMut::new();
+    encode_masked_frame(&mut out, OpCode::Text, true, text.as_bytes(), rand::random());
+    stream.write_all(&out).await.map_err(|e| describe("subscribe", &e))?;
+    loop {
+        if let Read::ReplyEnded = reader.read(ctx, stream, true).await? {
+            return Ok(());
+        }
+    }
+}
+
+/// What one step of [`Reader::read`] found.
+enum Read {
+    /// A whole message's `(seq, sent_ns, len)`.
+    Stamp((u64, u64, usize)),
+    /// The text message awaited as a reply ended.
+    ReplyEnded,
+    /// Nothing to report yet.
+    Nothing,
+}
+
+/// Reads whole messages' stamps off one connection, answering pings. With binary
+/// payloads, text messages (pub/sub events) are skipped.
 struct Reader {
     buf: BytesMut,
     kind: wire::PayloadKind,
+    /// Inside a text message that is not a stamped one.
+    in_text: bool,
     /// Without permessage-deflate: the codec's decoder, frame by frame.
     decoder: Decoder,
     stamp: StampReader,
@@ -579,6 +616,7 @@ impl Reader {
         Reader {
             buf,
             kind,
+            in_text: false,
             decoder: Decoder::new(config.max_frame_size(1 << 30)),
             stamp: StampReader::new(kind),
             deflate: deflate.then(|| DeflateFrames { compressed: false, stamp: CompressedStamp::default() }),
@@ -589,17 +627,43 @@ impl Reader {
     /// (compressed, if it was); messages without a stamp are errors.
     async fn next(&mut self, ctx: &Ctx, stream: &mut Stream) -> Result<(u64, u64, usize), String> {
         loop {
+            if let Read::Stamp(stamped) = self.read(ctx, stream, false).await? {
+                return Ok(stamped);
+            }
+        }
+    }
+
+    /// Whether a frame with this opcode belongs to a text message that carries no stamp:
+    /// the reply awaited (`reply`), or any text message when payloads are binary.
+    fn unstamped_text(&self, opcode: OpCode, reply: bool) -> bool {
+        match opcode {
+            OpCode::Text => reply || self.kind == wire::PayloadKind::Binary,
+            OpCode::Continuation => self.in_text,
+            _ => false,
+        }
+    }
+
+    /// Reads until something to report: a stamped message or, with `reply`, the end of
+    /// the next text message.
+    async fn read(&mut self, ctx: &Ctx, stream: &mut Stream, reply: bool) -> Result<Read, String> {
+        loop {
             if self.deflate.is_some() {
-                if let Some(stamped) = self.next_deflate_frame(ctx, stream).await? {
-                    return Ok(stamped);
+                match self.next_deflate_frame(ctx, stream, reply).await? {
+                    Read::Nothing => continue,
+                    found => return Ok(found),
                 }
-                continue;
             }
             while let Some(event) = self.decoder.decode_buf(&mut self.buf).map_err(|e| format!("protocol: {e}"))? {
                 match event {
+                    Incoming::Fragment { opcode, fin, .. } if self.unstamped_text(opcode, reply) => {
+                        self.in_text = !fin;
+                        if fin && reply {
+                            return Ok(Read::ReplyEnded);
+                        }
+                    }
                     Incoming::Fragment { fin, payload, .. } => {
                         if let Some(stamped) = self.stamp.push(&payload, fin) {
-                            return Ok(stamped);
+                            return Ok(Read::Stamp(stamped));
                         }
                         if fin {
                             return Err("protocol: a message shorter than its stamp".into());
@@ -615,12 +679,8 @@ impl Reader {
     }
 
     /// With permessage-deflate: handles the next whole frame in the buffer (reading more
-    /// first if needed); returns a message's stamp on its final frame.
-    async fn next_deflate_frame(
-        &mut self,
-        ctx: &Ctx,
-        stream: &mut Stream,
-    ) -> Result<Option<(u64, u64, usize)>, String> {
+    /// first if needed); reports a message's stamp on its final frame.
+    async fn next_deflate_frame(&mut self, ctx: &Ctx, stream: &mut Stream, reply: bool) -> Result<Read, String> {
         let rules = FrameRules { allowed_rsv: RSV1, ..FrameRules::for_role(Role::Client, 1 << 30) };
         let (header, header_len) = loop {
             match FrameHeader::parse(&self.buf, &rules).map_err(|e| format!("protocol: {e}"))? {
@@ -634,7 +694,11 @@ impl Reader {
         };
         let frame = self.buf.split_to(header_len + header.payload_len as usize);
         let payload = &frame[header_len..];
-        let Some(deflate) = self.deflate.as_mut() else { return Ok(None) };
+        if self.unstamped_text(header.opcode, reply) {
+            self.in_text = !header.fin;
+            return Ok(if header.fin && reply { Read::ReplyEnded } else { Read::Nothing });
+        }
+        let Some(deflate) = self.deflate.as_mut() else { return Ok(Read::Nothing) };
         match header.opcode {
             OpCode::Ping => pong(stream, payload).await?,
             OpCode::Close => {
@@ -659,10 +723,10 @@ impl Reader {
                 if stamped.is_none() && header.fin {
                     return Err("protocol: a message shorter than its stamp".into());
                 }
-                return Ok(stamped);
+                return Ok(stamped.map_or(Read::Nothing, Read::Stamp));
             }
         }
-        Ok(None)
+        Ok(Read::Nothing)
     }
 
     async fn fill(&mut self, stream: &mut Stream) -> Result<(), String> {

@@ -310,6 +310,7 @@ fn run(common: &CommonArgs, spec: Spec) -> Result<RunReport, String> {
         deflate: common.deflate,
         payload_kind: common.payload_kind,
         reconnect: spec.reconnect.clone(),
+        subscribe: common.subscribe.clone(),
     };
     let mut groups = Vec::new();
     let mut first = 0;

@@ -245,3 +245,52 @@ fn reconnecting_clients_recover_every_message_from_ringcast() {
     assert_eq!(reconnect["per_client"].as_array().unwrap().len(), 40);
     assert!(stdout.contains("recovery latency"), "{stdout}");
 }
+
+/// Pub/sub with token auth and presence: every client connects with a token, subscribes
+/// with `--subscribe` (text answers are skipped), and a topic publisher (the publish path
+/// with `?topic=`) reaches all of them; the token comes from `ringcast token`.
+#[test]
+fn a_pubsub_topic_with_tokens_and_presence_loses_nothing() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ringcast.toml");
+    std::fs::write(
+        &config,
+        "mode = \"pubsub\"\npublish_token = \"pub\"\n[auth]\nhmac_secret = \"loadgen-test-secret-0123456789\"\n\
+         [[channels]]\npattern = \"bench:*\"\nsubscribe = \"authenticated\"\npresence = true\njoin_leave = true\n",
+    )
+    .unwrap();
+    let minted = Command::new(ringcast_binary())
+        .args(["token", "--secret", "loadgen-test-secret-0123456789", "--sub", "loadgen", "--ttl", "10m"])
+        .output()
+        .unwrap();
+    assert!(minted.status.success(), "{}", String::from_utf8_lossy(&minted.stderr));
+    let token = String::from_utf8(minted.stdout).unwrap().trim().to_owned();
+    let server = Command::new(ringcast_binary())
+        .args(["serve", "--port", &port.to_string(), "--bind", "127.0.0.1", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start ringcast serve");
+    let server = Server(server);
+    wait_for_port(port);
+    let output = Command::new(env!("CARGO_BIN_EXE_ringcast-loadgen"))
+        .args(["broadcast", &format!("ws://127.0.0.1:{port}/?token={token}"), "--clients", "200"])
+        .args(["--subscribe", r#"{"op":"subscribe","topic":"bench:1"}"#])
+        .args(["--publish-path", "/publish?topic=bench:1&token=pub", "--payload", "64", "--rate", "50"])
+        .args(["--warmup", "300ms", "--duration", "1s", "--drain", "10s", "--progress", "none"])
+        .args(["--server-pid", &server.0.id().to_string()])
+        .arg("--json")
+        .arg(dir.path().join("result.json"))
+        .output()
+        .expect("run ringcast-loadgen");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "loadgen failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("result.json")).unwrap()).unwrap();
+    assert_eq!(json["connect"]["connected"], 200, "{stdout}");
+    assert_eq!((json["lost"].as_u64(), json["duplicates"].as_u64()), (Some(0), Some(0)), "{stdout}");
+    let sent = json["sent"].as_u64().unwrap();
+    assert!(sent >= 50, "the publisher sent {sent} messages");
+    assert_eq!(json["delivered"].as_u64(), Some(sent * 200), "join events (text) were not taken for messages");
+}

@@ -49,6 +49,16 @@
 //! `api/recovery.rs`). [`Broadcaster::publish_at`] and [`Broadcaster::backfill`] take
 //! positions assigned elsewhere, e.g. by a cluster's shared store.
 //!
+//! # Who may connect, subscribe and publish
+//!
+//! [`Handler::authenticate`] decides the upgrade with the connection's id and data at
+//! hand, so the identity a token establishes is kept with the connection;
+//! [`Handler::check`] then decides each [`Connection::subscribe`] and
+//! [`Connection::publish`] ([`Access`], refused with a [`Denied`] reason), and
+//! [`Broadcaster::visit`] acts on connections from any thread, e.g. to close those whose
+//! credentials expired. The `ringcast` service's token and channel rules are one
+//! implementation of these hooks.
+//!
 //! Events, per-connection user data ([`Handler::Data`]), the five reference options
 //! ([`Options`]) and frame splitting ([`ServerBuilder::split_messages`]) are described on
 //! their items.
@@ -59,7 +69,7 @@
 //!
 //! | layer | modules | what |
 //! | --- | --- | --- |
-//! | vocabulary | `id`, `event`, `config`, `stats`, `topics` | ids, reasons, decisions, errors, settings, counters: no logic |
+//! | vocabulary | `id`, `event`, `access`, `config`, `stats`, `topics` | ids, reasons, decisions, errors, settings, counters: no logic |
 //! | history | `history` | every stream's offsets, epoch and kept messages (one lock), bounded by count, age and memory: no I/O, no shards |
 //! | connection | `conn` | the sans-IO state machine of one connection and its send queue: bytes, time and write completions in; events, frames to write, deadlines and the end out; tested in memory with a virtual clock |
 //! | handles | `api` | what handlers and other threads hold: [`Connection`], [`ConnectionRef`], [`Target`], [`Message`], [`Broadcaster`] (and the shards' mailboxes), [`HttpRequest`] |
@@ -88,6 +98,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+mod access;
 mod api;
 mod config;
 mod conn;
@@ -104,6 +115,7 @@ mod shard;
 mod stats;
 mod topics;
 
+pub use access::{Access, Denied};
 pub use api::{
     Broadcaster, Connection, ConnectionRef, ConnectionTask, HistoryUsage, HttpRequest, HttpResponse, Message, Selector,
     Target,

@@ -27,7 +27,8 @@ impl Handler for Feed {
             Some(Since::Position(Position { epoch: epoch.parse().ok()?, offset: offset.parse().ok()? }))
         });
         let last = request.and_then(|r| r.query_param("last")).and_then(|n| n.parse().ok()).map(Since::Last);
-        let recovery = conn.subscribe_from(TOPIC, since.or(last).unwrap_or(Since::Now));
+        let recovery =
+            conn.subscribe_from(TOPIC, since.or(last).unwrap_or(Since::Now)).expect("Feed lets every subscription in");
         let reason = recovery.outcome.as_ref().err().map_or("-", |e| e.code());
         let status = format!(
             "status {} {} {} {} {reason}",

@@ -199,7 +199,15 @@ pub fn subscribe(
                 let unavailable = merge(&broadcaster, &scope, fetched, &raw_subscribers);
                 broadcaster.with_connection(id, move |conn| {
                     let stream = stream_of(&scope).unwrap_or(BROADCAST_STREAM);
-                    let mut recovery = conn.subscribe_from(stream, since);
+                    let mut recovery = match conn.subscribe_from(stream, since) {
+                        Ok(recovery) => recovery,
+                        Err(denied) => {
+                            let refusal =
+                                crate::access::refusal_json("subscribe", topic.as_deref().unwrap_or(stream), &denied);
+                            let _ = conn.send(refusal.as_str());
+                            return;
+                        }
+                    };
                     if let (Some(why), Err(_)) = (unavailable, &recovery.outcome) {
                         recovery.outcome = Err(NotRecovered::Unavailable(why));
                     }
@@ -212,7 +220,13 @@ pub fn subscribe(
         });
         return;
     }
-    let recovery = conn.subscribe_from(stream, since);
+    let recovery = match conn.subscribe_from(stream, since) {
+        Ok(recovery) => recovery,
+        Err(denied) => {
+            let _ = conn.send(crate::access::refusal_json("subscribe", topic.unwrap_or(stream), &denied).as_str());
+            return;
+        }
+    };
     if let Some(topic) = topic {
         topics.subscribed(topic, || {
             if let Some(cluster) = cluster {

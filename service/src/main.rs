@@ -1,10 +1,13 @@
 //! `ringcast serve`: the fan-out service. See `ringcast serve --help`.
 #![forbid(unsafe_code)]
 
+mod access;
+mod auth;
 mod cluster;
 mod dashboard;
 mod history;
 mod metrics;
+mod presence;
 mod redis_history;
 mod service;
 mod settings;
@@ -27,7 +30,21 @@ use settings::{Backend, Cli, Command, LogFormat, Mode, ServeArgs, SlowConsumer};
 use topics::TopicCounts;
 
 fn main() -> ExitCode {
-    let Command::Serve(args) = Cli::parse().command;
+    let args = match Cli::parse().command {
+        Command::Serve(args) => args,
+        Command::Token(args) => {
+            return match auth::mint::mint(&args) {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ringcast token: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+    };
     let args = match args.resolve() {
         Ok(args) => args,
         Err(e) => {
@@ -78,6 +95,17 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         }
         None => (None, None),
     };
+    let auth = auth::Auth::new(&args.auth, args.channels.clone())?;
+    auth.log_at_start();
+    let presence = match &args.cluster {
+        Some(url) => {
+            let (presence, backbone) =
+                presence::Presence::clustered(url, args.presence.ttl.unwrap_or(presence::DEFAULT_TTL))?;
+            (presence, Some(backbone))
+        }
+        None => (presence::Presence::local(), None),
+    };
+    let (access, access_start) = access::AccessControl::new(auth, presence, args.admin_token.clone());
     let service = Service {
         mode,
         path: normalize(args.path.as_deref().unwrap_or("/")),
@@ -89,8 +117,10 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         cluster,
         history: (history.is_enabled() && matches!(mode, Mode::Broadcast | Mode::Pubsub))
             .then(|| history::StreamHistory::new(history)),
+        access,
     };
     let server = builder(&args)?.history(history).start(service)?;
+    access_start.start(&server)?;
     if let Some(backbone) = backbone {
         let (broadcaster, service) = (server.broadcaster(), server.handler().clone());
         backbone.start(move |inbound| service.deliver_from_cluster(&broadcaster, inbound))?;

@@ -7,6 +7,10 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
+use crate::auth::mint::TokenArgs;
+use crate::auth::rules::ChannelRule;
+use crate::auth::settings::{AuthArgs, PresenceArgs};
+
 /// ringcast: a WebSocket fan-out server on io_uring.
 #[derive(Debug, Parser)]
 #[command(name = "ringcast", version, about, long_about = None)]
@@ -20,6 +24,10 @@ pub enum Command {
     /// Run the server. With no options: port 8888, one worker per core, plain ws,
     /// broadcast mode (publish on /publish, subscribe on /).
     Serve(Box<ServeArgs>),
+    /// Print a signed JWT for `--jwt-secret` (or a private key): a connection token, or
+    /// with --channel a subscription token. For trying the service out; real tokens
+    /// come from your own login service.
+    Token(Box<TokenArgs>),
 }
 
 /// What the service does with messages.
@@ -248,6 +256,22 @@ pub struct ServeArgs {
     /// Memory cap of the history over all streams, per node [default: 67108864].
     #[arg(long, value_name = "BYTES")]
     pub history_memory: Option<usize>,
+
+    /// Connection tokens (`[auth]` in the config file).
+    #[command(flatten)]
+    #[serde(default)]
+    pub auth: AuthArgs,
+
+    /// Presence (`[presence]` in the config file).
+    #[command(flatten)]
+    #[serde(default)]
+    pub presence: PresenceArgs,
+
+    /// Channel rules: `[[channels]]` tables in the config file only (pattern, subscribe,
+    /// publish, presence, join_leave; see the README).
+    #[arg(skip)]
+    #[serde(default)]
+    pub channels: Vec<ChannelRule>,
 }
 
 /// Durations in the TOML file are written like the flags: "10s", "500ms".
@@ -298,6 +322,9 @@ impl ServeArgs {
             history_size: self.history_size.or(file.history_size),
             history_ttl: self.history_ttl.or(file.history_ttl),
             history_memory: self.history_memory.or(file.history_memory),
+            auth: self.auth.or(file.auth),
+            presence: self.presence.or(file.presence),
+            channels: if self.channels.is_empty() { file.channels } else { self.channels },
         }
     }
 
@@ -319,7 +346,7 @@ mod tests {
 
     fn parse(args: &[&str]) -> ServeArgs {
         let cli = Cli::try_parse_from([&["ringcast", "serve"], args].concat()).unwrap();
-        let Command::Serve(serve) = cli.command;
+        let Command::Serve(serve) = cli.command else { panic!("not serve") };
         *serve
     }
 

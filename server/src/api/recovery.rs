@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use ringcast_codec::PreparedMessage;
 
+use crate::access::{Access, Denied};
 use crate::api::broadcaster::{Broadcast, Broadcaster, Command};
 use crate::api::connection::Connection;
 use crate::api::target::Target;
@@ -159,11 +160,17 @@ impl<D> Broadcaster<D> {
 }
 
 impl<D> Connection<'_, D> {
-    /// Publishes into `topic`'s stream from a handler: [`Broadcaster::publish`]. This
-    /// shard's subscribers get it through the mailbox like every other shard's, which
-    /// keeps the stream in offset order everywhere.
-    pub fn publish(&mut self, topic: &str, message: impl FnOnce(Position) -> PreparedMessage) -> Position {
-        self.shard.broadcaster.publish(topic, message)
+    /// Publishes into `topic`'s stream on behalf of this connection's client, if
+    /// [`Handler::check`](crate::Handler::check) allows [`Access::Publish`]: then it is
+    /// [`Broadcaster::publish`]. This shard's subscribers get it through the mailbox like
+    /// every other shard's, which keeps the stream in offset order everywhere.
+    pub fn publish_stream(
+        &mut self,
+        topic: &str,
+        message: impl FnOnce(Position) -> PreparedMessage,
+    ) -> Result<Position, Denied> {
+        self.check(Access::Publish(topic))?;
+        Ok(self.shard.broadcaster.publish(topic, message))
     }
 
     /// Subscribes this connection to `topic` starting from `since`: the messages the
@@ -171,7 +178,8 @@ impl<D> Connection<'_, D> {
     /// gap and no duplicate between them. The subscription takes hold when this shard
     /// reaches the stream's current position, right after this handler; it is listed by
     /// [`Connection::topics`] at once. A connection that is already subscribed (or not
-    /// open) gets nothing replayed.
+    /// open) gets nothing replayed. [`Handler::check`](crate::Handler::check) decides
+    /// [`Access::Subscribe`] first: `Err` carries its reason, and nothing is subscribed.
     ///
     /// For [`Since::Position`], [`Recovery::outcome`] says whether every missed message
     /// was replayed (and if not, why: the epoch changed, or the history is too short, in
@@ -191,23 +199,25 @@ impl<D> Connection<'_, D> {
     ///             (Some(epoch), Some(offset)) => Since::Position(Position { epoch, offset }),
     ///             _ => Since::Last(10),
     ///         };
-    ///         let recovery = conn.subscribe_from("news", since);
-    ///         let _ = conn.send(format!("recovered {}", recovery.recovered()).as_str());
+    ///         if let Ok(recovery) = conn.subscribe_from("news", since) {
+    ///             let _ = conn.send(format!("recovered {}", recovery.recovered()).as_str());
+    ///         }
     ///     }
     /// }
     /// ```
-    pub fn subscribe_from(&mut self, topic: &str, since: Since) -> Recovery {
+    pub fn subscribe_from(&mut self, topic: &str, since: Since) -> Result<Recovery, Denied> {
+        self.check(Access::Subscribe(topic))?;
         let history = self.shard.broadcaster.router.history.clone();
         let mut guard = history.lock();
         let replay = guard.replay(topic, since, self.shard.now);
         if !self.conn.is_open() || self.conn.is_subscribed(topic) {
-            return Recovery { position: replay.position, replayed: 0, outcome: replay.outcome };
+            return Ok(Recovery { position: replay.position, replayed: 0, outcome: replay.outcome });
         }
         let replayed = replay.messages.len();
         self.conn.add_topic(Rc::from(topic));
         let own = &self.shard.broadcaster.router.shards[self.shard.index];
         own.post(Command::Join { id: self.conn.id(), topic: Arc::from(topic), replay: replay.messages });
         drop(guard);
-        Recovery { position: replay.position, replayed, outcome: replay.outcome }
+        Ok(Recovery { position: replay.position, replayed, outcome: replay.outcome })
     }
 }

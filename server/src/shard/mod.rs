@@ -21,7 +21,8 @@ use ringcast_codec::deflate::{BroadcastCompressor, WindowBits, variant_window_bi
 use ringcast_codec::{CloseCode, Incoming, OpCode};
 use slab::Slab;
 
-use crate::api::broadcaster::{Broadcast, Broadcaster, Command, Mailbox};
+use crate::access::Access;
+use crate::api::broadcaster::{Broadcast, Broadcaster, Command, Mailbox, Visitor};
 use crate::api::connection::{ConnectionRef, ShardView, compress_payload};
 use crate::api::{Connection, HttpRequest, HttpResponse, Target};
 use crate::config::Config;
@@ -89,6 +90,10 @@ impl<H: Handler, I> Shard<H, I> {
     pub(crate) fn new(setup: ShardSetup<H>, now: Instant) -> Self {
         let ShardSetup { index, config, handler, broadcaster, mailbox, stats, open_connections, buffered_input } =
             setup;
+        let check = {
+            let handler = handler.clone();
+            Box::new(move |conn: &ConnectionRef<'_, H::Data>, access: Access<'_>| handler.check(conn, access))
+        };
         Shard {
             index,
             handler,
@@ -102,6 +107,7 @@ impl<H: Handler, I> Shard<H, I> {
                 index,
                 deferred: Vec::new(),
                 compressor: None,
+                check,
             },
             mailbox,
             timers: TimerQueue::default(),
@@ -233,7 +239,8 @@ impl<H: Handler, I> Shard<H, I> {
         match event {
             Event::Upgrade { request, accept, deflate } => {
                 let Some(slot) = self.conns.get_mut(key) else { return };
-                match self.handler.allow(&request, slot.conn.peer()) {
+                let (peer, id) = (slot.conn.peer(), slot.conn.id());
+                match self.handler.authenticate(&request, peer, id, &mut slot.conn.data) {
                     Allow::Yes => {
                         slot.conn.accept(request, &accept, deflate.as_deref(), &self.view.config);
                         stats.handshakes_accepted.add(1);
@@ -409,6 +416,7 @@ impl<H: Handler, I> Shard<H, I> {
         for command in commands.drain(..) {
             match command {
                 Command::Send { message, target } => self.fan_out(&message, &target),
+                Command::Visit { target, visit } => self.visit(&target, &visit),
                 Command::Stop => self.begin_stop(now),
                 Command::Join { id, topic, replay } => self.join(id, &topic, replay),
                 Command::Run { id, task } => self.run_task(id, task),
@@ -453,6 +461,29 @@ impl<H: Handler, I> Shard<H, I> {
                         fan.deliver(key, slot);
                     }
                 }
+            }
+        }
+    }
+
+    /// Runs `visit` on every open connection of this shard that `target` picks, each as
+    /// a handler event of its own.
+    fn visit(&mut self, target: &Target<H::Data>, visit: &Visitor<H::Data>) {
+        let keys: Vec<usize> = match target {
+            Target::Connection(id) => {
+                self.conns.get(id.slot()).filter(|s| s.conn.id() == *id).map(|_| id.slot()).into_iter().collect()
+            }
+            Target::Topic(topic) => self.view.topics.members(topic).map(|id| id.slot()).collect(),
+            _ => self
+                .conns
+                .iter()
+                .filter(|(_, slot)| slot.conn.is_open() && target.matches(&ConnectionRef { conn: &slot.conn }))
+                .map(|(key, _)| key)
+                .collect(),
+        };
+        for key in keys {
+            if self.conns.get(key).is_some_and(|slot| slot.conn.is_open()) {
+                self.dispatch(key, |_, conn| visit(conn));
+                self.settle(key);
             }
         }
     }
