@@ -503,7 +503,13 @@ impl Service {
             json_string(&self.access.presence.client_id(conn.id())),
             member.strip_prefix('{').unwrap_or(&member)
         );
-        conn.send_to(Target::topic(topic), &text);
+        if self.history.is_some() {
+            // Through the mailboxes, behind the subscription from history that this
+            // handler posted there, so the joiner sees its own join.
+            conn.broadcaster().send(Target::topic(topic), &text);
+        } else {
+            conn.send_to(Target::topic(topic), &text);
+        }
         self.to_cluster_topic(topic, false, text.as_bytes());
     }
 

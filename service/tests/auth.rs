@@ -103,6 +103,14 @@ fn next(peer: &mut Peer, id: &str) -> Value {
     serde_json::from_str(&peer.expect_text(id)).unwrap()
 }
 
+/// A pub/sub delivery without its stream position (history is on by default).
+fn without_position(mut delivery: Value) -> Value {
+    let fields = delivery.as_object_mut().expect("a JSON object");
+    assert!(fields.remove("offset").is_some_and(|o| o.is_u64()), "a delivery has an offset");
+    assert!(fields.remove("epoch").is_some_and(|e| e.is_string()), "a delivery has an epoch");
+    delivery
+}
+
 fn subscribe(peer: &mut Peer, id: &str, topic: &str) -> Value {
     ask(peer, id, json!({"op": "subscribe", "topic": topic}))
 }
@@ -374,8 +382,11 @@ Promise.all([good, silent, forged, early]).then(([good, silent, forged, early]) 
     assert_eq!(good["code"], 1000, "{result}");
     assert_eq!(good["got"][0]["event"], "authenticated", "{result}");
     assert_eq!(good["got"][0]["user"], "alice");
-    assert_eq!(good["got"][1], json!({"event": "subscribed", "topic": "news:uk"}));
-    assert_eq!(good["got"][2], json!({"topic": "news:uk", "data": {"from": "chromium"}}));
+    // History is on by default: the reply and deliveries carry the stream's position too.
+    assert_eq!((&good["got"][1]["event"], &good["got"][1]["topic"]), (&json!("subscribed"), &json!("news:uk")));
+    assert_eq!(good["got"][1]["offset"], 0, "{result}");
+    assert_eq!((&good["got"][2]["topic"], &good["got"][2]["data"]), (&json!("news:uk"), &json!({"from": "chromium"})));
+    assert_eq!(good["got"][2]["offset"], 1, "{result}");
     let silent = &result["silent"];
     assert_eq!(silent["code"], 4001, "no token within the deadline: {result}");
     assert!(silent["after_ms"].as_u64().unwrap() >= 900, "closed at the deadline, not before: {silent}");
@@ -471,7 +482,7 @@ fn namespace_rules_a_private_channel_and_nothing_leaks() {
     );
     peer.send_text("alice", &json!({"op": "publish", "topic": "news:uk", "data": "scoop"}).to_string());
     for id in ["anon", "bob"] {
-        assert_eq!(next(&mut peer, id), json!({"topic": "news:uk", "data": "scoop"}), "{id}");
+        assert_eq!(without_position(next(&mut peer, id)), json!({"topic": "news:uk", "data": "scoop"}), "{id}");
     }
     // user:{sub}: each user's own, never another's.
     assert_eq!(subscribe(&mut peer, "alice", "user:alice")["event"], "subscribed");
@@ -479,7 +490,7 @@ fn namespace_rules_a_private_channel_and_nothing_leaks() {
     refused(subscribe(&mut peer, "anon", "user:alice"), "authentication_required");
     refused(ask(&mut peer, "alice", json!({"op": "publish", "topic": "user:alice", "data": "x"})), "forbidden");
     assert_eq!(service.http("POST", "/publish?topic=user:alice&token=server-side", br#""for alice""#).0, 202);
-    assert_eq!(next(&mut peer, "alice"), json!({"topic": "user:alice", "data": "for alice"}));
+    assert_eq!(without_position(next(&mut peer, "alice")), json!({"topic": "user:alice", "data": "for alice"}));
     // vip:*: a subscription token, for this user and this channel.
     refused(subscribe(&mut peer, "alice", "vip:1"), "subscription_token_required");
     let grant = |user: &str, channel: &str| hs256(json!({"sub": user, "channel": channel, "exp": now() + 60}));
@@ -490,7 +501,7 @@ fn namespace_rules_a_private_channel_and_nothing_leaks() {
     refused(ask(&mut peer, "anon", with(grant("alice", "vip:1"))), "invalid_subscription_token");
     assert_eq!(ask(&mut peer, "alice", with(grant("alice", "vip:1")))["event"], "subscribed");
     assert_eq!(service.http("POST", "/publish?topic=vip:1&token=server-side", b"1").0, 202);
-    assert_eq!(next(&mut peer, "alice"), json!({"topic": "vip:1", "data": 1}));
+    assert_eq!(without_position(next(&mut peer, "alice")), json!({"topic": "vip:1", "data": 1}));
     // Refused subscriptions hold nothing: only alice got the private messages.
     no_more_text(&mut peer, &["alice", "bob", "anon"]);
     assert_eq!(service.metric("ringcast_subscriptions_refused_total{reason=\"forbidden\"}"), 1.0);
