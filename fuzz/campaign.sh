@@ -2,7 +2,7 @@
 # A long fuzzing campaign in the background: every target runs (at nice 19, JOBS at a
 # time) in chunks of CHUNK wall seconds until it has used TARGET_CPU seconds of CPU in
 # this campaign, so a busy machine only slows it down and the CPU-hours it reports are
-# real. Touch fuzz/.pause to hold it between chunks (for benchmarks); remove it to go on.
+# real. `fuzz/campaign.sh --pause` stops it for benchmarks, `--resume` lets it go on.
 #
 #   fuzz/campaign.sh                                   # all targets, 1 CPU-hour each
 #   TARGET_CPU=600 JOBS=1 fuzz/campaign.sh frame_parser
@@ -27,6 +27,20 @@ max_len() {
         *) echo 4096 ;;
     esac
 }
+
+# Benchmarks need the cores: --pause interrupts the running chunks (libFuzzer's SIGINT
+# exit, 72, is not a crash) and holds the campaign until --resume.
+case "${1:-}" in
+    --pause)
+        touch .pause
+        pkill -INT -f "$bin_dir/" || true
+        exit 0
+        ;;
+    --resume)
+        rm -f .pause
+        exit 0
+        ;;
+esac
 
 if [ "${1:-}" = --minimize ]; then
     shift
@@ -68,14 +82,14 @@ run_target() {
             -rss_limit_mb=4096 -print_final_stats=1 >"$log" 2>&1
         local status=$?
         local cpu execs cov ft files
-        cpu=$(awk '{ printf "%d", $1 + $2 }' "artifacts/logs/$t.time" 2>/dev/null)
+        cpu=$(tail -1 "artifacts/logs/$t.time" | awk '{ printf "%d", $1 + $2 }')
         execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
         cov=$(grep -oE 'cov: [0-9]+' "$log" | tail -1 | cut -d' ' -f2)
         ft=$(grep -oE 'ft: [0-9]+' "$log" | tail -1 | cut -d' ' -f2)
         files=$(find "corpus/$t" -type f | wc -l)
         printf '%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$n" "${cpu:-0}" "${execs:-0}" \
             "${cov:-?}" "${ft:-?}" "$files" "$status" >>campaign.tsv
-        if [ "$status" -ne 0 ]; then
+        if [ "$status" -ne 0 ] && [ "$status" -ne 72 ]; then
             echo "!! $t exited $status; see $log and artifacts/$t/" >&2
             cp "$log" "artifacts/logs/$t.crash.log"
             return 1
@@ -83,7 +97,7 @@ run_target() {
     done
 }
 
-mkdir -p "${targets[@]/#/artifacts/}"
+mkdir -p "${targets[@]/#/artifacts/}" "${targets[@]/#/corpus/}"
 running=0
 for t in "${targets[@]}"; do
     run_target "$t" &

@@ -351,14 +351,24 @@ impl Decoder {
                 (OpCode::Continuation, Some(m)) if m.opcode == OpCode::Text => Some(m.utf8.clone()),
                 _ => None,
             };
-            let Some(fresh) = text.filter(|_| header.mask.is_none() && available > 0) else { return Ok(()) };
+            let Some(fresh) = text.filter(|_| available > 0) else { return Ok(()) };
             let partial = decoder.partial.get_or_insert_with(Box::default);
             // Resume where the last look stopped (the bytes before it are not looked at
             // again: a caller that changed them only loses the early failure).
             let (checked, mut utf8) =
                 partial.waiting.take().filter(|(checked, _)| *checked <= available).unwrap_or((0, fresh));
-            utf8.feed(&buf[header_len + checked..header_len + available], false)
-                .map_err(|_| ProtocolError::InvalidUtf8)?;
+            let arrived = &buf[header_len + checked..header_len + available];
+            let fed = match header.mask {
+                None => utf8.feed(arrived, false),
+                // The buffer stays masked (the frame is unmasked once whole): check an
+                // unmasked copy of what arrived since the last look, as `decode` would.
+                Some(key) => {
+                    let mut unmasked = arrived.to_vec();
+                    apply_mask(&mut unmasked, key, checked);
+                    utf8.feed(&unmasked, false)
+                }
+            };
+            fed.map_err(|_| ProtocolError::InvalidUtf8)?;
             partial.waiting = Some((available, utf8));
             Ok(())
         };
@@ -1035,6 +1045,21 @@ mod tests {
         buf.extend_from_slice(&[b'a'; 100]);
         buf.extend_from_slice(b"\xff");
         assert_eq!(client().decode_buf(&mut buf), Err(ProtocolError::InvalidUtf8));
+        // The same for a masked frame (a server's input), as `decode` fails it: the waiting
+        // prefix is checked unmasked, resuming at the right mask phase.
+        let key = [0x37, 0xfa, 0x21, 0x3d];
+        let mut payload = vec![b'a'; 101];
+        payload.push(0xff);
+        apply_mask(&mut payload, key, 0);
+        let mut wire = vec![0x81, 0xFE, 0x10, 0x00];
+        wire.extend_from_slice(&key);
+        wire.extend_from_slice(&payload);
+        let server = || Decoder::new(DecoderConfig::new(Role::Server));
+        let (mut decoder, mut buf) = (server(), BytesMut::from(&wire[..8 + 51]));
+        assert_eq!(decoder.decode_buf(&mut buf), Ok(None), "valid so far");
+        buf.extend_from_slice(&wire[8 + 51..]);
+        assert_eq!(decoder.decode_buf(&mut buf), Err(ProtocolError::InvalidUtf8));
+        assert_eq!(drain(&mut server(), &wire), Err(ProtocolError::InvalidUtf8), "decode agrees");
         // Bytes changed by the caller while a frame waits are checked again when it is whole.
         let mut decoder = client();
         let mut buf = BytesMut::from(&[0x81, 0x7E, 0x00, 0x80][..]);

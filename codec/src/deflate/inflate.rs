@@ -10,7 +10,7 @@ use crate::protocol::CloseCode;
 /// zlib-rs's inflate state: one allocation of the state with its code tables (14 720 bytes
 /// with zlib-rs 0.6.8, alignment included) and a 32 KiB window plus 64 bytes of SIMD
 /// padding, whatever the window bits. `tests/deflate_memory.rs` checks it.
-const INFLATE_HEAP_BYTES: usize = 14_720 + (1 << 15) + 64;
+pub const INFLATE_HEAP_BYTES: usize = 14_720 + (1 << 15) + 64;
 
 /// The most output produced per call into the backend: bounds the zeroed space handed to
 /// it beyond what the message needs.

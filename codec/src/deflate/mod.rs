@@ -50,7 +50,7 @@ mod negotiate;
 use std::fmt;
 
 pub use compress::{BroadcastCompressor, CompressError, CompressedVariants, Compressor, variant_window_bits};
-pub use inflate::{InflateError, Inflater};
+pub use inflate::{INFLATE_HEAP_BYTES, InflateError, Inflater};
 pub use negotiate::{
     ClientDeflateConfig, DeflateParams, Direction, EXTENSION_NAME, ExtensionResponseError, Negotiated,
     ServerDeflateConfig,
