@@ -40,7 +40,7 @@ async fn main() -> Result<(), BoxError> {
     for case in 1..=count {
         let url = format!("{base}/runCase?case={case}&agent={agent}");
         let config = ClientConfig::from_url(&url)?.max_message_size(64 << 20);
-        if tokio::time::timeout(Duration::from_secs(60), echo(config)).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(300), echo(config)).await.is_err() {
             eprintln!("case {case}: timed out");
         }
     }
