@@ -128,18 +128,26 @@ def echo(builds, outdir, loads, seconds, repeat, log):
             for name, binary in builds:
                 runs = []
                 for attempt in range(repeat):
-                    server = Server(binary, backend, "echo", log)
-                    out = outdir / f"echo-{name}-{backend}-c{clients}-p{payload}-{attempt}.json"
-                    result = loadgen(["echo", f"ws://127.0.0.1:{server.port}/", "--clients", str(clients),
-                                      "--payload", str(payload), "--warmup", "1s", "--duration", f"{seconds}s",
-                                      "--server-pid", str(server.proc.pid)], out) or {}
-                    rss, settled = server.stop(settle=3.0)
+                    # A run that other processes disturbed (more than a tenth of a core busy
+                    # outside the server and the load generator) is run again, up to 3 times.
+                    for retry in range(4):
+                        server = Server(binary, backend, "echo", log)
+                        out = outdir / f"echo-{name}-{backend}-c{clients}-p{payload}-{attempt}.json"
+                        result = loadgen(["echo", f"ws://127.0.0.1:{server.port}/", "--clients", str(clients),
+                                          "--payload", str(payload), "--warmup", "1s", "--duration",
+                                          f"{seconds}s", "--server-pid", str(server.proc.pid)], out) or {}
+                        rss, settled = server.stop(settle=3.0)
+                        if (result.get("other_cpu_pct") or 0) <= 10 or retry == 3:
+                            break
+                        print(f"echo {name} {backend} {clients}x{payload}: other processes took "
+                              f"{result.get('other_cpu_pct'):.0f}% of a core, again", flush=True)
                     metrics = result.get("server_metrics", {})
                     window = (result.get("window_s") or seconds) + 1.0
                     runs.append({"messages_per_s": result.get("deliveries_per_s"),
                                  "server_cpu_us_per_message": metrics.get("cpu_s_per_million"),
                                  "server_cpu_pct": metrics.get("cpu_pct"), "rss_end_kib": rss,
                                  "rss_after_3s_kib": settled, "passed": result.get("passed"),
+                                 "other_cpu_pct": result.get("other_cpu_pct"),
                                  "loadgen_cpu_pct": 100.0 * (result.get("loadgen_cpu_s") or 0) / window})
                 row = {"build": name, "backend": backend, "clients": clients, "payload": payload, "runs": runs}
                 for key in ["messages_per_s", "server_cpu_us_per_message", "server_cpu_pct", "rss_end_kib",
