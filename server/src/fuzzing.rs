@@ -136,10 +136,10 @@ impl FuzzConn {
         // Incomplete input is bounded by the largest thing the configuration admits.
         // With permessage-deflate, the inflater's state too while a compressed message arrives.
         let inflater = if config.deflate.is_enabled() { ringcast_codec::deflate::INFLATE_HEAP_BYTES } else { 0 };
-        let input_bound = config.max_message_size.max(ringcast_codec::handshake::MAX_HEAD_LEN).max(config.max_http_body)
-            * 2
-            + 4096
-            + inflater;
+        let input_bound =
+            config.max_message_size.max(ringcast_codec::handshake::MAX_HEAD_LEN).max(config.max_http_body) * 2
+                + 4096
+                + inflater;
         assert!(self.conn.buffered_input() <= input_bound, "holds {} bytes of input", self.conn.buffered_input());
         // The queue: the bound, one message over it, an upgrade answer and control frames.
         let queue_bound = config.send_queue_limit + (64 << 10) + 4096;
