@@ -279,6 +279,11 @@ impl Decoder {
         if self.wait_in_buffer(buf)? {
             return Ok(None);
         }
+        // The frame that waited (if one did) is decoded now: its fail-fast progress
+        // must not carry over to the next frame.
+        if let Some(partial) = self.partial.as_mut() {
+            partial.waiting = None;
+        }
         let base = buf.as_ptr() as usize;
         let total = buf.len();
         let mut input: &mut [u8] = &mut buf[..];
@@ -1060,6 +1065,29 @@ mod tests {
         buf.extend_from_slice(&wire[8 + 51..]);
         assert_eq!(decoder.decode_buf(&mut buf), Err(ProtocolError::InvalidUtf8));
         assert_eq!(drain(&mut server(), &wire), Err(ProtocolError::InvalidUtf8), "decode agrees");
+        // The fail-fast progress over one waiting frame does not carry over to the next: a
+        // first fragment ends inside a code point, waits in pieces, and the continuation
+        // that follows breaks it (as found by the frame_parser fuzz target).
+        let mut decoder = Decoder::new(DecoderConfig::new(Role::Client).assembly(Assembly::Frames));
+        let mut buf = BytesMut::new();
+        let mut events = Vec::new();
+        let wire = [&[0x01, 0x02, 0xe2, 0x8c][..], &[0x80, 0x55, 0x77, 0x80, 0x80]].concat();
+        let mut result = Ok(None);
+        for piece in wire.chunks(3) {
+            buf.extend_from_slice(piece);
+            loop {
+                result = decoder.decode_buf(&mut buf);
+                match &result {
+                    Ok(Some(event)) => events.push(event.clone()),
+                    _ => break,
+                }
+            }
+            if result.is_err() {
+                break;
+            }
+        }
+        assert_eq!(events.len(), 1, "{events:?} {result:?}");
+        assert_eq!(result, Err(ProtocolError::InvalidUtf8));
         // Bytes changed by the caller while a frame waits are checked again when it is whole.
         let mut decoder = client();
         let mut buf = BytesMut::from(&[0x81, 0x7E, 0x00, 0x80][..]);
