@@ -22,6 +22,11 @@ Scenarios:
              per client with --rate (then HdrHistogram's record_correct fills in the samples a
              stalled client missed).
   idle       clients connect and stay idle; reports the server's RSS per connection.
+  churn      connections come and go at a fixed rate: connect, upgrade, hold a moment, then
+             leave with a close handshake, a bare FIN or a reset (SO_LINGER 0).
+  abuse      slow consumers that never read, plus a trickle of misbehaving clients (bad
+             frames, invalid UTF-8, oversized frames and headers, partial messages,
+             slowloris, garbage); checks that the server answers each as RFC 6455 asks.
 
 Every message is binary: u64 sequence number, u64 send time (CLOCK_MONOTONIC ns), filler.
 Receivers count loss, duplicates and reordering per client; the run fails (exit status 1) if
@@ -71,6 +76,10 @@ pub enum Command {
     Echo(EchoArgs),
     /// Clients connect and stay idle; reports the server's memory per connection.
     Idle(IdleArgs),
+    /// Connections come and go at a fixed rate (close handshake, FIN or reset).
+    Churn(crate::churn::ChurnArgs),
+    /// Slow consumers that never read and a trickle of misbehaving clients.
+    Abuse(crate::abuse::AbuseArgs),
     /// Merges result.json files of several runs into tables, ratios and plots.
     Report(ReportArgs),
     /// Internal: a worker process of a multi-process run.

@@ -163,7 +163,7 @@ fn plan_sources(text: &str, clients: u64, target: &Target, notes: &mut Vec<Strin
     }
 }
 
-fn raise_file_limit(notes: &mut Vec<String>) -> u64 {
+pub(crate) fn raise_file_limit(notes: &mut Vec<String>) -> u64 {
     let before = rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(soft, _)| soft).unwrap_or(1024);
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(now) if now > before => {
