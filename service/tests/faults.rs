@@ -1,0 +1,386 @@
+//! Faults against the real `ringcast serve` binary: SIGTERM in the middle of a flat-out
+//! publish stream, and TLS under stalled handshakes and the wrong scheme.
+//!
+//! Clients here are raw: in-test tokio tasks on ringcast-codec's client handshake and
+//! decoder (subscribers), blocking sockets (publishers), rustls (half-finished TLS
+//! handshakes) and the `ringcast-client` library for what it must report. Every wait is
+//! bounded, and what the server may hold is bounded by the tests themselves (a window on
+//! the WebSocket publisher, small messages), so none of them can exhaust memory.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use ringcast_codec::handshake::{ClientHandshake, ClientRequest};
+use ringcast_codec::{Decoder, DecoderConfig, Incoming, OpCode, Role, encode_masked_frame};
+use testkit::{ChildGuard, free_port, wait_for_port};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A running `ringcast serve`, killed on drop.
+struct Service {
+    child: ChildGuard,
+    port: u16,
+}
+
+impl Service {
+    fn start(args: &[&str]) -> Service {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+            .args(["serve", "--bind", "127.0.0.1", "--workers", "2", "--port", &port.to_string()])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start ringcast");
+        wait_for_port(port, Duration::from_secs(10));
+        Service { child: ChildGuard::new(child), port }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn terminate(&mut self) {
+        let killed = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status().unwrap();
+        assert!(killed.success());
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "ringcast did not exit within {limit:?} of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        kb * 1024
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+fn handshake(port: u16, path: &str, secure: bool) -> ClientHandshake {
+    let request = ClientRequest { host: "localhost", port, secure, path, ..Default::default() };
+    ClientHandshake::new(&request, rand::random()).unwrap()
+}
+
+// ------------------------------------------------------------------------------------ SIGTERM
+
+/// Messages carry what published them: kind 0 = the WebSocket publisher, then its
+/// sequence number; kind 1 = an HTTP publisher, its index and its sequence number.
+const WS: u8 = 0;
+const HTTP: u8 = 1;
+const SUBSCRIBERS: usize = 500;
+const HTTP_PUBLISHERS: usize = 3;
+/// The WebSocket publisher sends flat out, but never more than this many messages ahead
+/// of the slowest subscriber: what the server may hold stays bounded (and far below the
+/// send-queue limit, so the slow-consumer policy never drops anything here).
+const WINDOW: u64 = 2_000;
+/// The stop comes once every subscriber has this many WebSocket messages...
+const STOP_AFTER_WS: u64 = 3_000;
+/// ...and the HTTP publishers have had this many acknowledged.
+const STOP_AFTER_HTTP: usize = 60;
+
+/// What one subscriber saw.
+#[derive(Debug, Default)]
+struct Seen {
+    /// WebSocket messages, checked to be 0, 1, 2, … as they arrive.
+    ws: u64,
+    /// HTTP messages per publisher, in arrival order.
+    http: [Vec<u64>; HTTP_PUBLISHERS],
+    close: Option<u16>,
+    errors: Vec<String>,
+}
+
+async fn subscriber(port: u16, progress: Arc<AtomicU64>, connected: Arc<AtomicU64>) -> Seen {
+    let mut seen = Seen::default();
+    if let Err(e) = subscribe(port, &progress, &connected, &mut seen).await {
+        seen.errors.push(e);
+    }
+    seen
+}
+
+async fn subscribe(port: u16, progress: &AtomicU64, connected: &AtomicU64, seen: &mut Seen) -> Result<(), String> {
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
+    let hs = handshake(port, "/", false);
+    tcp.write_all(hs.request()).await.map_err(|e| e.to_string())?;
+    let mut buf = BytesMut::with_capacity(64 << 10);
+    loop {
+        if tcp.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+            return Err("closed during the upgrade".into());
+        }
+        if let Some((_, head)) = hs.parse_response(&buf).map_err(|e| e.to_string())? {
+            buf.advance(head);
+            break;
+        }
+    }
+    connected.fetch_add(1, Relaxed);
+    let mut decoder = Decoder::new(DecoderConfig::new(Role::Client));
+    loop {
+        while let Some(event) = decoder.decode_buf(&mut buf).map_err(|e| format!("protocol: {e}"))? {
+            match event {
+                Incoming::Binary(payload) => match (payload.first(), payload.len()) {
+                    (Some(&WS), 9) => {
+                        let seq = u64::from_le_bytes(payload[1..9].try_into().unwrap());
+                        if seq != seen.ws {
+                            return Err(format!("WebSocket message {seq} where {} was due", seen.ws));
+                        }
+                        seen.ws += 1;
+                        progress.store(seen.ws, Relaxed);
+                    }
+                    (Some(&HTTP), 10) if (payload[1] as usize) < HTTP_PUBLISHERS => {
+                        seen.http[payload[1] as usize].push(u64::from_le_bytes(payload[2..10].try_into().unwrap()));
+                    }
+                    _ => return Err(format!("unexpected message {:?}", &payload[..payload.len().min(16)])),
+                },
+                Incoming::Close(frame) => {
+                    let code = frame.map(|f| u16::from(f.code));
+                    seen.close = code;
+                    let mut reply = BytesMut::new();
+                    encode_masked_frame(&mut reply, OpCode::Close, true, &code.unwrap_or(1000).to_be_bytes(), rand::random());
+                    let _ = tcp.write_all(&reply).await;
+                    // Then the server closes the TCP connection.
+                    let mut rest = [0u8; 1024];
+                    let end = tokio::time::timeout(Duration::from_secs(10), async {
+                        while tcp.read(&mut rest).await.is_ok_and(|n| n > 0) {}
+                    });
+                    return end.await.map_err(|_| "the server kept the connection after the close handshake".into());
+                }
+                Incoming::Ping(_) | Incoming::Pong(_) => {}
+                other => return Err(format!("unexpected {other:?}")),
+            }
+        }
+        if tcp.read_buf(&mut buf).await.map_err(|e| format!("read: {e}"))? == 0 {
+            return Err("the connection ended without a close frame".into());
+        }
+    }
+}
+
+/// The WebSocket publisher: flat out within [`WINDOW`] of the slowest subscriber, until
+/// the server closes the connection. Returns how many messages it wrote and how it ended.
+fn ws_publisher(port: u16, slowest: impl Fn() -> u64, stop: &AtomicBool) -> (u64, String) {
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let hs = handshake(port, "/publish", false);
+    tcp.write_all(hs.request()).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while hs.parse_response(&head).unwrap().is_none() {
+        assert_eq!(tcp.read(&mut byte).unwrap(), 1, "the publisher's upgrade");
+        head.push(byte[0]);
+    }
+    // A reader answers the server's close frame (writes share the socket under a lock).
+    let writer = Arc::new(Mutex::new(tcp.try_clone().unwrap()));
+    let reader = {
+        let writer = writer.clone();
+        std::thread::spawn(move || {
+            let mut tcp = tcp;
+            let mut decoder = Decoder::new(DecoderConfig::new(Role::Client));
+            let mut buf = BytesMut::with_capacity(4096);
+            let mut chunk = [0u8; 4096];
+            loop {
+                match tcp.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+                while let Ok(Some(event)) = decoder.decode_buf(&mut buf) {
+                    if let Incoming::Close(frame) = event {
+                        let code = frame.map_or(1000, |f| u16::from(f.code));
+                        let mut reply = BytesMut::new();
+                        encode_masked_frame(&mut reply, OpCode::Close, true, &code.to_be_bytes(), rand::random());
+                        let _ = writer.lock().unwrap().write_all(&reply);
+                    }
+                }
+            }
+        })
+    };
+    let mut frame = BytesMut::with_capacity(32);
+    let mut sent = 0u64;
+    let mut floor = 0;
+    let end = loop {
+        if stop.load(Relaxed) {
+            break "stopped by the test".to_owned();
+        }
+        while sent >= floor + WINDOW {
+            floor = slowest();
+            if sent >= floor + WINDOW {
+                if stop.load(Relaxed) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        let mut payload = [WS; 9];
+        payload[1..].copy_from_slice(&sent.to_le_bytes());
+        frame.clear();
+        encode_masked_frame(&mut frame, OpCode::Binary, true, &payload, rand::random());
+        if let Err(e) = writer.lock().unwrap().write_all(&frame) {
+            break format!("write failed: {e}");
+        }
+        sent += 1;
+    };
+    let _ = writer.lock().unwrap().shutdown(std::net::Shutdown::Write);
+    let _ = reader.join();
+    (sent, end)
+}
+
+/// One HTTP publisher: `POST /publish?binary=1` on a fresh connection each time, as fast
+/// as it goes, until the server refuses connections. Returns the sequence numbers the
+/// server acknowledged with 202, and the other answers it gave.
+fn http_publisher(port: u16, index: u8, acked_count: &AtomicU64, stop: &AtomicBool) -> (Vec<u64>, Vec<String>) {
+    let (mut acked, mut others) = (Vec::new(), Vec::new());
+    for seq in 0u64.. {
+        if stop.load(Relaxed) {
+            break;
+        }
+        let Ok(mut tcp) = TcpStream::connect(("127.0.0.1", port)) else { break };
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut body = vec![HTTP, index];
+        body.extend_from_slice(&seq.to_le_bytes());
+        let head = format!("POST /publish?binary=1 HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", body.len());
+        if tcp.write_all(head.as_bytes()).and_then(|()| tcp.write_all(&body)).is_err() {
+            continue;
+        }
+        let mut answer = Vec::new();
+        let _ = tcp.read_to_end(&mut answer);
+        let text = String::from_utf8_lossy(&answer);
+        match text.split(' ').nth(1) {
+            Some("202") => {
+                acked.push(seq);
+                acked_count.fetch_add(1, Relaxed);
+            }
+            Some(status) => others.push(status.to_owned()),
+            None => others.push(if answer.is_empty() { "no answer".into() } else { "garbled answer".into() }),
+        }
+    }
+    (acked, others)
+}
+
+/// SIGTERM while a WebSocket publisher and HTTP publishers go flat out: every subscriber
+/// gets close 1001, after every message the server acknowledged (HTTP 202) and every
+/// WebSocket message it read. What it read cannot be seen from outside, but whatever it
+/// read goes to every subscriber: so every subscriber must have the same messages, the
+/// WebSocket ones a gap-free prefix 0..K.
+fn sigterm_under_publish_load(backend: &str) {
+    let mut service = Service::start(&["--io", backend, "--close-timeout", "10s"]);
+    let port = service.port;
+    let rt = runtime();
+    let connected = Arc::new(AtomicU64::new(0));
+    let progress: Vec<Arc<AtomicU64>> = (0..SUBSCRIBERS).map(|_| Arc::default()).collect();
+    let subscribers: Vec<_> =
+        progress.iter().map(|p| rt.spawn(subscriber(port, p.clone(), connected.clone()))).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while connected.load(Relaxed) < SUBSCRIBERS as u64 {
+        assert!(Instant::now() < deadline, "only {} subscribers connected", connected.load(Relaxed));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked_count = Arc::new(AtomicU64::new(0));
+    let ws = {
+        let (progress, stop) = (progress.clone(), stop.clone());
+        std::thread::spawn(move || {
+            ws_publisher(port, || progress.iter().map(|p| p.load(Relaxed)).min().unwrap_or(0), &stop)
+        })
+    };
+    let http: Vec<_> = (0..HTTP_PUBLISHERS as u8)
+        .map(|i| {
+            let (stop, acked) = (stop.clone(), acked_count.clone());
+            std::thread::spawn(move || http_publisher(port, i, &acked, &stop))
+        })
+        .collect();
+    // Mid-stream: once every subscriber has some of both.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let slowest = progress.iter().map(|p| p.load(Relaxed)).min().unwrap_or(0);
+        if slowest >= STOP_AFTER_WS && acked_count.load(Relaxed) >= STOP_AFTER_HTTP as u64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline && !ws.is_finished(),
+            "publishing stalled: slowest subscriber at {slowest}, {} HTTP publishes acknowledged",
+            acked_count.load(Relaxed)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    service.terminate();
+    let status = service.wait_exit(Duration::from_secs(30));
+    stop.store(true, Relaxed);
+    assert!(status.success(), "exit status {status}");
+    let (ws_sent, ws_end) = ws.join().unwrap();
+    let http: Vec<(Vec<u64>, Vec<String>)> = http.into_iter().map(|h| h.join().unwrap()).collect();
+    let seen: Vec<Seen> = rt.block_on(async {
+        let mut all = Vec::new();
+        for s in subscribers {
+            all.push(tokio::time::timeout(Duration::from_secs(20), s).await.expect("a subscriber hung").unwrap());
+        }
+        all
+    });
+
+    for (i, s) in seen.iter().enumerate() {
+        assert!(s.errors.is_empty(), "subscriber {i}: {:?}", s.errors);
+        assert_eq!(s.close, Some(1001), "subscriber {i} was not closed with 1001");
+    }
+    // The WebSocket publisher was still going: the stop came mid-stream.
+    assert!(ws_end.starts_with("write failed"), "the publisher ended with {ws_end:?}");
+    let k = seen[0].ws;
+    assert!(k >= STOP_AFTER_WS && k <= ws_sent, "{k} of {ws_sent} WebSocket messages");
+    for (i, s) in seen.iter().enumerate() {
+        assert_eq!(
+            s.ws, k,
+            "subscriber {i} got WebSocket messages 0..{} but subscriber 0 got 0..{k}: a message the server read \
+             did not reach everyone",
+            s.ws
+        );
+    }
+    for (p, (acked, others)) in http.iter().enumerate() {
+        let first = &seen[0].http[p];
+        assert!(first.windows(2).all(|w| w[0] < w[1]), "HTTP publisher {p}: out of order or repeated: {first:?}");
+        let delivered: BTreeSet<u64> = first.iter().copied().collect();
+        let missing: Vec<u64> = acked.iter().filter(|seq| !delivered.contains(seq)).copied().collect();
+        assert!(
+            missing.is_empty(),
+            "HTTP publisher {p}: {} of {} acknowledged messages never reached the subscribers: {missing:?} \
+             (other answers: {others:?})",
+            missing.len(),
+            acked.len()
+        );
+        for (i, s) in seen.iter().enumerate() {
+            assert_eq!(&s.http[p], first, "subscriber {i} and subscriber 0 got different HTTP messages from {p}");
+        }
+    }
+    let acked: usize = http.iter().map(|(a, _)| a.len()).sum();
+    assert!(acked >= STOP_AFTER_HTTP);
+    eprintln!(
+        "{backend}: {SUBSCRIBERS} subscribers each got {k} of {ws_sent} WebSocket messages and all {acked} \
+         acknowledged HTTP messages, then 1001"
+    );
+}
+
+#[test]
+fn sigterm_under_publish_load_delivers_what_was_accepted_io_uring() {
+    sigterm_under_publish_load("io_uring");
+}
+
+#[test]
+fn sigterm_under_publish_load_delivers_what_was_accepted_epoll() {
+    sigterm_under_publish_load("epoll");
+}
