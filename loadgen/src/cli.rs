@@ -27,6 +27,10 @@ Scenarios:
   abuse      slow consumers that never read, plus a trickle of misbehaving clients (bad
              frames, invalid UTF-8, oversized frames and headers, partial messages,
              slowloris, garbage); checks that the server answers each as RFC 6455 asks.
+  reconnect  broadcast with offsets (ringcast serve's `/?offsets=1` envelope): a --fraction of the
+             clients drops its connection every --every for --away and resumes with
+             `?since=<offset>&epoch=<epoch>` (to the --reconnect-url nodes in turn); reports
+             recovered, lost and duplicated messages per client and the recovery latency.
 
 Every message is binary: u64 sequence number, u64 send time (CLOCK_MONOTONIC ns), filler.
 Receivers count loss, duplicates and reordering per client; the run fails (exit status 1) if
@@ -55,6 +59,10 @@ Examples:
   # memory per idle connection
   ringcast-loadgen idle ws://127.0.0.1:8888/ -c 10000 --server-pid $(pgrep -n ringcast)
 
+  # 10,000 subscribers at 10 msg/s, 10% dropping every 3 s for 1 s, resuming on another node
+  ringcast-loadgen reconnect ws://127.0.0.1:8888/ -c 10000 --rate 10 --fraction 0.1 --every 3s \\
+      --away 1s --reconnect-url ws://127.0.0.1:8889/
+
   # tables and plots from many runs
   ringcast-loadgen report --out results/run results/run/*/result.json";
 
@@ -80,6 +88,8 @@ pub enum Command {
     Churn(crate::churn::ChurnArgs),
     /// Slow consumers that never read and a trickle of misbehaving clients.
     Abuse(crate::abuse::AbuseArgs),
+    /// Broadcast with offsets; a fraction of the clients reconnects and resumes.
+    Reconnect(ReconnectArgs),
     /// Merges result.json files of several runs into tables, ratios and plots.
     Report(ReportArgs),
     /// Internal: a worker process of a multi-process run.
@@ -159,6 +169,13 @@ pub struct CommonArgs {
     /// wss://: accept any server certificate (self-signed test servers).
     #[arg(long)]
     pub insecure: bool,
+
+    /// After its upgrade each client sends this text message (e.g. a pub/sub subscribe,
+    /// {"op":"subscribe","topic":"bench"}) and counts as connected once a text message
+    /// comes back; the connect time includes that round trip. Text messages are never
+    /// taken for stamped ones.
+    #[arg(long, value_name = "TEXT")]
+    pub subscribe: Option<String>,
 
     /// The server's PID: reports its CPU seconds per million deliveries and RSS per
     /// connection from /proc.
@@ -264,6 +281,32 @@ pub struct EchoArgs {
     /// Longest wait for outstanding echoes after the window.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     pub drain: Duration,
+}
+
+/// `reconnect`
+#[derive(Debug, Clone, Args)]
+pub struct ReconnectArgs {
+    /// The publisher, the rate, the payload and the timing, as for `broadcast`. The
+    /// subscribers' URL gets `?offsets=1` unless it has a query already.
+    #[command(flatten)]
+    pub broadcast: BroadcastArgs,
+
+    /// Share of the clients that reconnect (0 to 1).
+    #[arg(long, value_name = "SHARE", default_value_t = 0.1)]
+    pub fraction: f64,
+
+    /// Time a reconnecting client stays connected between two disconnections.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub every: Duration,
+
+    /// Time a client stays away before it reconnects.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub away: Duration,
+
+    /// Where reconnections go, in turn (repeatable; e.g. another node of a cluster)
+    /// [default: the first URL].
+    #[arg(long = "reconnect-url", value_name = "URL")]
+    pub reconnect_urls: Vec<String>,
 }
 
 /// `idle`

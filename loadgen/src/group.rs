@@ -29,6 +29,9 @@ use crate::conn::{self, Stream, Target, TlsOptions, describe};
 use crate::stats::{GroupResult, Hist, SeqSet, latency_histogram};
 use crate::wire::{self, CompressedStamp, StampInflater, StampReader};
 
+mod resume;
+pub use resume::{ClientRecovery, ReconnectPlan};
+
 /// What the clients do once connected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -39,6 +42,9 @@ pub enum Scenario {
     Echo,
     /// Hold the connection.
     Idle,
+    /// Receive a broadcast stream with offsets; a fraction of the clients drops its
+    /// connection now and then and resumes from its last offset.
+    Reconnect,
 }
 
 impl Scenario {
@@ -48,6 +54,7 @@ impl Scenario {
             Scenario::Broadcast => "broadcast",
             Scenario::Echo => "echo",
             Scenario::Idle => "idle",
+            Scenario::Reconnect => "reconnect",
         }
     }
 }
@@ -97,6 +104,12 @@ pub struct GroupConfig {
     /// What the messages look like.
     #[serde(default)]
     pub payload_kind: wire::PayloadKind,
+    /// Reconnect: who reconnects, how often and where to.
+    #[serde(default)]
+    pub reconnect: Option<ReconnectPlan>,
+    /// A text message each client sends after its upgrade, awaiting a text reply.
+    #[serde(default)]
+    pub subscribe: Option<String>,
 }
 
 /// Where the run is. Every group goes Connect → Run → (Drain) → done; Stop ends early.
@@ -252,6 +265,8 @@ struct Ctx {
     tls: Option<tokio_rustls::TlsConnector>,
     latency: RefCell<Histogram<u64>>,
     connect: RefCell<Histogram<u64>>,
+    /// Reconnect: from starting to reconnect to having caught up, µs.
+    recovery: RefCell<Histogram<u64>>,
     errors: RefCell<BTreeMap<String, u64>>,
     clients: RefCell<Vec<Rc<RefCell<ClientState>>>>,
     pending: Cell<usize>,
@@ -290,6 +305,7 @@ impl Ctx {
 
 #[derive(Debug, Default)]
 struct ClientState {
+    index: usize,
     connected: bool,
     seen: SeqSet,
     distinct: u64,
@@ -302,6 +318,12 @@ struct ClientState {
     sent: u64,
     last_recv_ns: u64,
     settled: bool,
+    /// Reconnect scenario.
+    reconnects: u64,
+    replayed: u64,
+    recoveries_incomplete: u64,
+    offset_gaps: u64,
+    epoch_changes: u64,
 }
 
 fn run_shard(
@@ -313,13 +335,18 @@ fn run_shard(
 ) -> GroupResult {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     let ctx = Rc::new(Ctx {
-        target: Cell::new(if config.scenario == Scenario::Broadcast { config.planned_messages } else { u64::MAX }),
+        target: Cell::new(if matches!(config.scenario, Scenario::Broadcast | Scenario::Reconnect) {
+            config.planned_messages
+        } else {
+            u64::MAX
+        }),
         config,
         progress,
         phase,
         tls,
         latency: RefCell::new(latency_histogram()),
         connect: RefCell::new(latency_histogram()),
+        recovery: RefCell::new(latency_histogram()),
         errors: RefCell::default(),
         clients: RefCell::default(),
         pending: Cell::new(0),
@@ -363,7 +390,7 @@ async fn shard_main(ctx: Rc<Ctx>, shard: usize) -> u64 {
         }
         ctx.pending.set(ctx.pending.get() + 1);
         ctx.progress.launched.fetch_add(1, Relaxed);
-        let state = Rc::new(RefCell::new(ClientState::default()));
+        let state = Rc::new(RefCell::new(ClientState { index: client, ..ClientState::default() }));
         ctx.clients.borrow_mut().push(state.clone());
         tokio::task::spawn_local(client_task(ctx.clone(), client, state));
     }
@@ -371,7 +398,7 @@ async fn shard_main(ctx: Rc<Ctx>, shard: usize) -> u64 {
     let launched = ctx.clients.borrow().len();
     let all_settled = || ctx.settled.get() >= launched;
     match config.scenario {
-        Scenario::Broadcast => {
+        Scenario::Broadcast | Scenario::Reconnect => {
             let Ok(now) = phase.wait_for(|p| matches!(p, Phase::Drain { .. } | Phase::Stop)).await.map(|p| *p) else {
                 return ctx.target.get();
             };
@@ -431,6 +458,7 @@ fn collect(ctx: &Ctx, sent: u64) -> GroupResult {
         connect_last_ns: ctx.connect_last.get(),
         latency: Hist(ctx.latency.borrow().clone()),
         connect: Hist(ctx.connect.borrow().clone()),
+        recovery: Hist(ctx.recovery.borrow().clone()),
         errors: ctx.errors.borrow().clone(),
         deflate_connections: ctx.deflate_connections.get(),
         ..Default::default()
@@ -441,7 +469,7 @@ fn collect(ctx: &Ctx, sent: u64) -> GroupResult {
             continue;
         }
         let (expected, distinct) = match ctx.config.scenario {
-            Scenario::Broadcast => (sent, st.seen.count_in(0, sent)),
+            Scenario::Broadcast | Scenario::Reconnect => (sent, st.seen.count_in(0, sent)),
             Scenario::Echo => (st.sent, st.distinct),
             Scenario::Idle => (0, 0),
         };
@@ -457,6 +485,20 @@ fn collect(ctx: &Ctx, sent: u64) -> GroupResult {
         if lost > 0 {
             r.clients_with_loss += 1;
             r.max_client_loss = r.max_client_loss.max(lost);
+        }
+        r.reconnects += st.reconnects;
+        r.replayed += st.replayed;
+        r.recoveries_incomplete += st.recoveries_incomplete;
+        r.offset_gaps += st.offset_gaps;
+        r.epoch_changes += st.epoch_changes;
+        if ctx.config.reconnect.as_ref().is_some_and(|plan| plan.reconnects(st.index)) {
+            r.per_client.push(ClientRecovery {
+                client: st.index,
+                reconnects: st.reconnects,
+                recovered: st.replayed,
+                lost,
+                duplicated: st.duplicates,
+            });
         }
     }
     r
@@ -484,6 +526,16 @@ async fn client_task(ctx: Rc<Ctx>, index: usize, state: Rc<RefCell<ClientState>>
             return;
         }
     };
+    let mut reader = Reader::new(buf, config.payload_kind, deflate);
+    if let Some(text) = &config.subscribe {
+        let exchanged = tokio::time::timeout(timeout, exchange_text(&ctx, &mut stream, &mut reader, text)).await;
+        if let Err(e) = exchanged.unwrap_or_else(|_| Err(format!("subscribe: no reply within {timeout:?}"))) {
+            ctx.progress.failed.fetch_add(1, Relaxed);
+            ctx.error(e);
+            ctx.settle(&mut state.borrow_mut());
+            return;
+        }
+    }
     let done = now_ns();
     ctx.connect.borrow_mut().saturating_record(((done - started) / 1000).max(1));
     ctx.connect_last.set(ctx.connect_last.get().max(done));
@@ -492,8 +544,8 @@ async fn client_task(ctx: Rc<Ctx>, index: usize, state: Rc<RefCell<ClientState>>
     if deflate {
         ctx.deflate_connections.set(ctx.deflate_connections.get() + 1);
     }
-    let mut reader = Reader::new(buf, config.payload_kind, deflate);
     let outcome = match config.scenario {
+        Scenario::Reconnect => resume::run(&ctx, &state, index, stream, reader).await,
         Scenario::Broadcast => subscribe(&ctx, &state, &mut stream, &mut reader).await,
         Scenario::Echo => echo(&ctx, &state, &mut stream, &mut reader, index).await,
         Scenario::Idle => loop {
@@ -511,10 +563,35 @@ async fn client_task(ctx: Rc<Ctx>, index: usize, state: Rc<RefCell<ClientState>>
     ctx.settle(&mut state.borrow_mut());
 }
 
-/// Reads whole messages' stamps off one connection, answering pings.
+/// Sends `text` and waits for a text message in reply (`--subscribe`).
+async fn exchange_text(ctx: &Ctx, stream: &mut Stream, reader: &mut Reader, text: &str) -> Result<(), String> {
+    let mut out = BytesMut::new();
+    encode_masked_frame(&mut out, OpCode::Text, true, text.as_bytes(), rand::random());
+    stream.write_all(&out).await.map_err(|e| describe("subscribe", &e))?;
+    loop {
+        if let Read::ReplyEnded = reader.read(ctx, stream, true).await? {
+            return Ok(());
+        }
+    }
+}
+
+/// What one step of [`Reader::read`] found.
+enum Read {
+    /// A whole message's `(seq, sent_ns, len)`.
+    Stamp((u64, u64, usize)),
+    /// The text message awaited as a reply ended.
+    ReplyEnded,
+    /// Nothing to report yet.
+    Nothing,
+}
+
+/// Reads whole messages' stamps off one connection, answering pings. With binary
+/// payloads, text messages (pub/sub events) are skipped.
 struct Reader {
     buf: BytesMut,
     kind: wire::PayloadKind,
+    /// Inside a text message that is not a stamped one.
+    in_text: bool,
     /// Without permessage-deflate: the codec's decoder, frame by frame.
     decoder: Decoder,
     stamp: StampReader,
@@ -539,6 +616,7 @@ impl Reader {
         Reader {
             buf,
             kind,
+            in_text: false,
             decoder: Decoder::new(config.max_frame_size(1 << 30)),
             stamp: StampReader::new(kind),
             deflate: deflate.then(|| DeflateFrames { compressed: false, stamp: CompressedStamp::default() }),
@@ -549,17 +627,43 @@ impl Reader {
     /// (compressed, if it was); messages without a stamp are errors.
     async fn next(&mut self, ctx: &Ctx, stream: &mut Stream) -> Result<(u64, u64, usize), String> {
         loop {
+            if let Read::Stamp(stamped) = self.read(ctx, stream, false).await? {
+                return Ok(stamped);
+            }
+        }
+    }
+
+    /// Whether a frame with this opcode belongs to a text message that carries no stamp:
+    /// the reply awaited (`reply`), or any text message when payloads are binary.
+    fn unstamped_text(&self, opcode: OpCode, reply: bool) -> bool {
+        match opcode {
+            OpCode::Text => reply || self.kind == wire::PayloadKind::Binary,
+            OpCode::Continuation => self.in_text,
+            _ => false,
+        }
+    }
+
+    /// Reads until something to report: a stamped message or, with `reply`, the end of
+    /// the next text message.
+    async fn read(&mut self, ctx: &Ctx, stream: &mut Stream, reply: bool) -> Result<Read, String> {
+        loop {
             if self.deflate.is_some() {
-                if let Some(stamped) = self.next_deflate_frame(ctx, stream).await? {
-                    return Ok(stamped);
+                match self.next_deflate_frame(ctx, stream, reply).await? {
+                    Read::Nothing => continue,
+                    found => return Ok(found),
                 }
-                continue;
             }
             while let Some(event) = self.decoder.decode_buf(&mut self.buf).map_err(|e| format!("protocol: {e}"))? {
                 match event {
+                    Incoming::Fragment { opcode, fin, .. } if self.unstamped_text(opcode, reply) => {
+                        self.in_text = !fin;
+                        if fin && reply {
+                            return Ok(Read::ReplyEnded);
+                        }
+                    }
                     Incoming::Fragment { fin, payload, .. } => {
                         if let Some(stamped) = self.stamp.push(&payload, fin) {
-                            return Ok(stamped);
+                            return Ok(Read::Stamp(stamped));
                         }
                         if fin {
                             return Err("protocol: a message shorter than its stamp".into());
@@ -575,12 +679,8 @@ impl Reader {
     }
 
     /// With permessage-deflate: handles the next whole frame in the buffer (reading more
-    /// first if needed); returns a message's stamp on its final frame.
-    async fn next_deflate_frame(
-        &mut self,
-        ctx: &Ctx,
-        stream: &mut Stream,
-    ) -> Result<Option<(u64, u64, usize)>, String> {
+    /// first if needed); reports a message's stamp on its final frame.
+    async fn next_deflate_frame(&mut self, ctx: &Ctx, stream: &mut Stream, reply: bool) -> Result<Read, String> {
         let rules = FrameRules { allowed_rsv: RSV1, ..FrameRules::for_role(Role::Client, 1 << 30) };
         let (header, header_len) = loop {
             match FrameHeader::parse(&self.buf, &rules).map_err(|e| format!("protocol: {e}"))? {
@@ -594,7 +694,11 @@ impl Reader {
         };
         let frame = self.buf.split_to(header_len + header.payload_len as usize);
         let payload = &frame[header_len..];
-        let Some(deflate) = self.deflate.as_mut() else { return Ok(None) };
+        if self.unstamped_text(header.opcode, reply) {
+            self.in_text = !header.fin;
+            return Ok(if header.fin && reply { Read::ReplyEnded } else { Read::Nothing });
+        }
+        let Some(deflate) = self.deflate.as_mut() else { return Ok(Read::Nothing) };
         match header.opcode {
             OpCode::Ping => pong(stream, payload).await?,
             OpCode::Close => {
@@ -619,10 +723,10 @@ impl Reader {
                 if stamped.is_none() && header.fin {
                     return Err("protocol: a message shorter than its stamp".into());
                 }
-                return Ok(stamped);
+                return Ok(stamped.map_or(Read::Nothing, Read::Stamp));
             }
         }
-        Ok(None)
+        Ok(Read::Nothing)
     }
 
     async fn fill(&mut self, stream: &mut Stream) -> Result<(), String> {

@@ -43,6 +43,7 @@ fn main() -> ExitCode {
         Command::Broadcast(args) => (run::broadcast(args), &args.common),
         Command::Echo(args) => (run::echo(args), &args.common),
         Command::Idle(args) => (run::idle(args), &args.common),
+        Command::Reconnect(args) => (run::reconnect(args), &args.broadcast.common),
     };
     let report = match result {
         Ok(report) => report,

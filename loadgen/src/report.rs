@@ -191,6 +191,47 @@ pub struct RunReport {
     /// CPU model and cores of the machine the run was on.
     #[serde(default)]
     pub machine: String,
+    /// The reconnect scenario's own counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconnect: Option<ReconnectReport>,
+}
+
+/// What the reconnecting clients of the `reconnect` scenario went through.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ReconnectReport {
+    /// Share of the clients that reconnected.
+    pub fraction: f64,
+    /// Time connected between disconnections, s.
+    pub every_s: f64,
+    /// Time away, s.
+    pub away_s: f64,
+    /// Where reconnections went (empty: the first URL).
+    pub reconnect_urls: Vec<String>,
+    /// Clients that reconnected.
+    pub clients_reconnecting: u64,
+    /// Reconnections made.
+    pub reconnects: u64,
+    /// Reconnections the server answered `recovered: true`.
+    pub recoveries_complete: u64,
+    /// Reconnections answered otherwise.
+    pub recoveries_incomplete: u64,
+    /// Messages replayed from the history (recovered).
+    pub recovered_messages: u64,
+    /// Deliveries whose offset did not follow the previous one in the same epoch.
+    pub offset_gaps: u64,
+    /// Deliveries in another epoch than the previous one.
+    pub epoch_changes: u64,
+    /// From the start of the reconnection (after the time away) to having every message
+    /// up to the position the server's answer named: the recovery latency, ms.
+    pub recovery_ms: Percentiles,
+    /// The most messages one reconnecting client lost / received twice / recovered.
+    pub max_client_lost: u64,
+    /// See `max_client_lost`.
+    pub max_client_duplicated: u64,
+    /// See `max_client_lost`.
+    pub max_client_recovered: u64,
+    /// Each reconnecting client: reconnections, recovered, lost and duplicated messages.
+    pub per_client: Vec<crate::group::ClientRecovery>,
 }
 
 impl RunReport {
@@ -261,6 +302,12 @@ pub fn rows(r: &RunReport) -> Vec<(String, String)> {
         }
         Scenario::Echo => format!("echo: {} clients, unpaced closed loop × {}", r.clients, format_size(r.payload)),
         Scenario::Idle => format!("idle: {} clients", r.clients),
+        Scenario::Reconnect => format!(
+            "reconnect: 1 publisher × {:.2} msg/s × {} → {} clients with offsets",
+            r.rate,
+            format_size(r.payload),
+            r.clients
+        ),
     };
     row("scenario", what);
     row("timing", format!("warm-up {:.1} s, measured {:.1} s, drain ≤ {:.1} s", r.warmup_s, r.duration_s, r.drain_s));
@@ -288,6 +335,49 @@ pub fn rows(r: &RunReport) -> Vec<(String, String)> {
             ms(c.time_ms.max)
         ),
     );
+    if let Some(x) = &r.reconnect {
+        row(
+            "reconnecting",
+            format!(
+                "{} clients ({:.0}%), each every {:.1} s for {:.1} s{}: {} reconnects, {} recovered in full, {} not",
+                x.clients_reconnecting,
+                x.fraction * 100.0,
+                x.every_s,
+                x.away_s,
+                if x.reconnect_urls.is_empty() {
+                    String::new()
+                } else {
+                    format!(" to {}", x.reconnect_urls.join(", "))
+                },
+                x.reconnects,
+                x.recoveries_complete,
+                x.recoveries_incomplete
+            ),
+        );
+        row(
+            "recovery",
+            format!(
+                "{} messages replayed; per client at most {} recovered, {} lost, {} duplicated; {} offset gaps, {} epoch changes",
+                x.recovered_messages,
+                x.max_client_recovered,
+                x.max_client_lost,
+                x.max_client_duplicated,
+                x.offset_gaps,
+                x.epoch_changes
+            ),
+        );
+        row(
+            "recovery latency",
+            format!(
+                "p50 {} ms, p90 {} ms, p99 {} ms, max {} ms ({} recoveries; reconnect to caught up, time away excluded)",
+                ms(x.recovery_ms.p50),
+                ms(x.recovery_ms.p90),
+                ms(x.recovery_ms.p99),
+                ms(x.recovery_ms.max),
+                x.recovery_ms.count
+            ),
+        );
+    }
     if r.scenario != Scenario::Idle {
         row(
             "deliveries",

@@ -5,14 +5,14 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::cli::{BroadcastArgs, CommonArgs, EchoArgs, IdleArgs};
+use crate::cli::{BroadcastArgs, CommonArgs, EchoArgs, IdleArgs, ReconnectArgs};
 use crate::clock::{now_ns, secs, sleep_until};
 use crate::conn::{Target, TlsOptions};
-use crate::group::{GroupConfig, Phase, ProgressSnapshot, Scenario};
+use crate::group::{GroupConfig, Phase, ProgressSnapshot, ReconnectPlan, Scenario};
 use crate::procfs::{self, BoxCpu};
 use crate::progress::Progress;
 use crate::publisher::{Publisher, PublisherResult};
-use crate::report::{ConnectSummary, Percentiles, RunReport, ServerMetrics, curve};
+use crate::report::{ConnectSummary, Percentiles, ReconnectReport, RunReport, ServerMetrics, curve};
 use crate::stats::GroupResult;
 use crate::worker::{Group, ProgressReader};
 
@@ -35,10 +35,43 @@ struct Spec {
     duration: Duration,
     drain: Duration,
     publish_path: Option<String>,
+    reconnect: Option<ReconnectPlan>,
+}
+
+/// `reconnect`
+pub fn reconnect(args: &ReconnectArgs) -> Result<RunReport, String> {
+    if !(0.0..=1.0).contains(&args.fraction) {
+        return Err(format!("--fraction {}: a share from 0 to 1", args.fraction));
+    }
+    let with_offsets = |url: &str| if url.contains('?') { url.to_owned() } else { format!("{url}?offsets=1") };
+    let urls = args.reconnect_urls.iter().map(|u| Target::parse(&with_offsets(u))).collect::<Result<Vec<_>, _>>()?;
+    let plan = ReconnectPlan {
+        fraction: args.fraction,
+        every_ns: args.every.as_nanos().max(1) as u64,
+        away_ns: args.away.as_nanos() as u64,
+        urls,
+    };
+    if args.broadcast.common.deflate || args.broadcast.common.payload_kind != crate::wire::PayloadKind::Binary {
+        return Err(
+            "reconnect reads the binary history envelope: --deflate and --payload-kind json do not apply".into()
+        );
+    }
+    let mut broadcast = args.broadcast.clone();
+    broadcast.common.url = with_offsets(&broadcast.common.url);
+    let (scenario, reconnect) = (Scenario::Reconnect, Some(plan));
+    broadcast_like(&broadcast, scenario, reconnect)
 }
 
 /// `broadcast`
 pub fn broadcast(args: &BroadcastArgs) -> Result<RunReport, String> {
+    broadcast_like(args, Scenario::Broadcast, None)
+}
+
+fn broadcast_like(
+    args: &BroadcastArgs,
+    scenario: Scenario,
+    reconnect: Option<ReconnectPlan>,
+) -> Result<RunReport, String> {
     let clients = args.common.clients.max(1) as f64;
     let (rate, rate_rule) = if args.rate == "auto" {
         let by_deliveries = args.max_deliveries / clients;
@@ -58,7 +91,7 @@ pub fn broadcast(args: &BroadcastArgs) -> Result<RunReport, String> {
     run(
         &args.common,
         Spec {
-            scenario: Scenario::Broadcast,
+            scenario,
             warmup_messages: (args.warmup.as_secs_f64() * rate).ceil() as u64,
             payload: args.payload,
             rate,
@@ -67,6 +100,7 @@ pub fn broadcast(args: &BroadcastArgs) -> Result<RunReport, String> {
             duration: args.duration,
             drain: args.drain,
             publish_path: Some(args.publish_path.clone()),
+            reconnect,
         },
     )
 }
@@ -86,6 +120,7 @@ pub fn echo(args: &EchoArgs) -> Result<RunReport, String> {
             duration: args.duration,
             drain: args.drain,
             publish_path: None,
+            reconnect: None,
         },
     )
 }
@@ -104,6 +139,7 @@ pub fn idle(args: &IdleArgs) -> Result<RunReport, String> {
             duration: args.duration,
             drain: Duration::ZERO,
             publish_path: None,
+            reconnect: None,
         },
     )
 }
@@ -238,7 +274,7 @@ fn run(common: &CommonArgs, spec: Spec) -> Result<RunReport, String> {
 
     // Broadcast: connect the publisher first, so that a wrong URL fails fast.
     let (planned, warmup_messages) = match spec.scenario {
-        Scenario::Broadcast => {
+        Scenario::Broadcast | Scenario::Reconnect => {
             (((spec.warmup + spec.duration).as_secs_f64() * spec.rate).ceil().max(1.0) as u64, spec.warmup_messages)
         }
         _ => (0, 0),
@@ -273,6 +309,8 @@ fn run(common: &CommonArgs, spec: Spec) -> Result<RunReport, String> {
         warmup_messages,
         deflate: common.deflate,
         payload_kind: common.payload_kind,
+        reconnect: spec.reconnect.clone(),
+        subscribe: common.subscribe.clone(),
     };
     let mut groups = Vec::new();
     let mut first = 0;
@@ -334,7 +372,7 @@ fn run(common: &CommonArgs, spec: Spec) -> Result<RunReport, String> {
     let publisher_thread = publisher.map(|p| p.start(t0, spec.rate, planned, spec.payload, common.payload_kind));
     // Broadcast: the measured window starts at the first measured message's scheduled time.
     let window_start = match spec.scenario {
-        Scenario::Broadcast => t0 + (warmup_messages as f64 * 1e9 / spec.rate) as u64,
+        Scenario::Broadcast | Scenario::Reconnect => t0 + (warmup_messages as f64 * 1e9 / spec.rate) as u64,
         _ => t0 + spec.warmup.as_nanos() as u64,
     };
     let run_len = spec.warmup + spec.duration;
@@ -366,7 +404,7 @@ fn run(common: &CommonArgs, spec: Spec) -> Result<RunReport, String> {
         publisher_result = Some(result);
     }
     let sent = publisher_result.as_ref().map_or(0, |r| r.sent);
-    if spec.scenario == Scenario::Broadcast {
+    if matches!(spec.scenario, Scenario::Broadcast | Scenario::Reconnect) {
         let deadline = now_ns() + spec.drain.as_nanos() as u64;
         for g in &groups {
             g.set_phase(Phase::Drain { sent, deadline });
@@ -452,7 +490,7 @@ fn build_report(common: &CommonArgs, spec: &Spec, b: Built) -> RunReport {
     let m = &b.merged;
     let clients = common.clients.max(1) as u64;
     let (sent, expected) = match spec.scenario {
-        Scenario::Broadcast => (b.sent, b.sent * m.connected),
+        Scenario::Broadcast | Scenario::Reconnect => (b.sent, b.sent * m.connected),
         Scenario::Echo => (m.sent_by_clients, m.sent_by_clients),
         Scenario::Idle => (0, 0),
     };
@@ -460,7 +498,7 @@ fn build_report(common: &CommonArgs, spec: &Spec, b: Built) -> RunReport {
     let lost = expected.saturating_sub(delivered);
     let window_s = match spec.scenario {
         // The measured messages' send span, or longer if the deliveries took longer.
-        Scenario::Broadcast => {
+        Scenario::Broadcast | Scenario::Reconnect => {
             let span = b.sent.saturating_sub(spec.warmup_messages) as f64 / spec.rate;
             span.max(secs(b.window_start, m.last_recv_ns))
         }
@@ -469,7 +507,7 @@ fn build_report(common: &CommonArgs, spec: &Spec, b: Built) -> RunReport {
     };
     let per_s = |v: u64| if window_s > 0.0 { v as f64 / window_s } else { 0.0 };
     let offered_per_s = match spec.scenario {
-        Scenario::Broadcast => spec.rate * m.connected as f64,
+        Scenario::Broadcast | Scenario::Reconnect => spec.rate * m.connected as f64,
         Scenario::Echo => spec.rate * m.connected as f64,
         Scenario::Idle => 0.0,
     };
@@ -511,12 +549,27 @@ fn build_report(common: &CommonArgs, spec: &Spec, b: Built) -> RunReport {
     if let Some(e) = b.publisher.as_ref().and_then(|p| p.error.clone()) {
         failures.push(format!("publisher: {e}"));
     }
+    if let Some(plan) = &spec.reconnect {
+        if m.duplicates > 0 {
+            failures.push(format!("{} messages duplicated", m.duplicates));
+        }
+        if m.recoveries_incomplete > 0 {
+            failures
+                .push(format!("{} of {} reconnections not recovered in full", m.recoveries_incomplete, m.reconnects));
+        }
+        if m.offset_gaps > 0 {
+            failures.push(format!("{} gaps in the offsets", m.offset_gaps));
+        }
+        if plan.fraction > 0.0 && m.reconnects == 0 {
+            failures.push("no client reconnected (is the run longer than --every?)".into());
+        }
+    }
     if error_count > 0 && failures.is_empty() {
         failures.push(format!("{error_count} errors"));
     }
     let passed = failures.is_empty();
     let latency_method = match spec.scenario {
-        Scenario::Broadcast => {
+        Scenario::Broadcast | Scenario::Reconnect => {
             "each message's scheduled send time (open loop, corrected for coordinated omission) to its last byte's arrival".into()
         }
         Scenario::Echo if spec.rate > 0.0 => {
@@ -540,7 +593,30 @@ fn build_report(common: &CommonArgs, spec: &Spec, b: Built) -> RunReport {
     {
         notes.push(format!("warning: process {} used no CPU time in the window: is it the server's PID?", m.pid));
     }
+    let reconnect = spec.reconnect.as_ref().map(|plan| ReconnectReport {
+        fraction: plan.fraction,
+        every_s: plan.every_ns as f64 / 1e9,
+        away_s: plan.away_ns as f64 / 1e9,
+        reconnect_urls: plan.urls.iter().map(Target::url).collect(),
+        clients_reconnecting: m.per_client.len() as u64,
+        reconnects: m.reconnects,
+        recoveries_complete: m.reconnects - m.recoveries_incomplete.min(m.reconnects),
+        recoveries_incomplete: m.recoveries_incomplete,
+        recovered_messages: m.replayed,
+        offset_gaps: m.offset_gaps,
+        epoch_changes: m.epoch_changes,
+        recovery_ms: Percentiles::of(&m.recovery),
+        max_client_lost: m.per_client.iter().map(|c| c.lost).max().unwrap_or(0),
+        max_client_duplicated: m.per_client.iter().map(|c| c.duplicated).max().unwrap_or(0),
+        max_client_recovered: m.per_client.iter().map(|c| c.recovered).max().unwrap_or(0),
+        per_client: {
+            let mut per_client = m.per_client.clone();
+            per_client.sort_by_key(|c| c.client);
+            per_client
+        },
+    });
     RunReport {
+        reconnect,
         tool: format!("ringcast-loadgen {}", env!("CARGO_PKG_VERSION")),
         scenario: spec.scenario,
         url: b.target.url(),

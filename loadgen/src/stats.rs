@@ -115,6 +115,27 @@ pub struct GroupResult {
     /// Connections on which the server accepted permessage-deflate.
     #[serde(default)]
     pub deflate_connections: u64,
+    /// Reconnect: reconnections made.
+    #[serde(default)]
+    pub reconnects: u64,
+    /// Reconnect: messages the server replayed from its history.
+    #[serde(default)]
+    pub replayed: u64,
+    /// Reconnect: resumptions the server answered with `recovered` other than true.
+    #[serde(default)]
+    pub recoveries_incomplete: u64,
+    /// Reconnect: deliveries whose offset did not follow the previous one (same epoch).
+    #[serde(default)]
+    pub offset_gaps: u64,
+    /// Reconnect: deliveries in another epoch than the previous one.
+    #[serde(default)]
+    pub epoch_changes: u64,
+    /// Reconnect: from starting to reconnect to having caught up, µs.
+    #[serde(default)]
+    pub recovery: Hist,
+    /// Reconnect: each reconnecting client's record.
+    #[serde(default)]
+    pub per_client: Vec<crate::group::ClientRecovery>,
 }
 
 impl GroupResult {
@@ -144,6 +165,13 @@ impl GroupResult {
         self.connect.merge(&o.connect);
         self.process_cpu_s += o.process_cpu_s;
         self.deflate_connections += o.deflate_connections;
+        self.reconnects += o.reconnects;
+        self.replayed += o.replayed;
+        self.recoveries_incomplete += o.recoveries_incomplete;
+        self.offset_gaps += o.offset_gaps;
+        self.epoch_changes += o.epoch_changes;
+        self.recovery.merge(&o.recovery);
+        self.per_client.extend(o.per_client.iter().cloned());
         for (k, v) in &o.errors {
             *self.errors.entry(k.clone()).or_default() += v;
         }

@@ -199,3 +199,98 @@ fn compressed_broadcast_against_ringcast_loses_nothing() {
     let per_delivery = json["wire_bytes_per_delivery"].as_f64().unwrap();
     assert!(per_delivery > 0.0 && per_delivery < 4096.0 / 2.0, "{per_delivery} bytes on the wire per 4 KiB delivery");
 }
+
+/// The `reconnect` scenario against `ringcast serve` (history on by default): a fifth of
+/// 200 clients drops its connection every 700 ms for 200 ms and resumes from its last
+/// offset while the publisher sends 100 messages/s. Every client must hold every message
+/// once, and every resumption must be complete. (Cross-node resumption, with Redis, is
+/// `benches/history.py`'s and the service's tests' business.)
+#[test]
+fn reconnecting_clients_recover_every_message_from_ringcast() {
+    let port = free_port();
+    let server = Command::new(ringcast_binary())
+        .args(["serve", "--port", &port.to_string(), "--bind", "127.0.0.1", "--workers", "2"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start ringcast serve");
+    let server = Server(server);
+    wait_for_port(port);
+    let out = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_ringcast-loadgen"))
+        .args(["reconnect", &format!("ws://127.0.0.1:{port}/"), "--clients", "200", "--payload", "64"])
+        .args(["--rate", "100", "--warmup", "300ms", "--duration", "2500ms", "--drain", "10s"])
+        .args(["--fraction", "0.2", "--every", "700ms", "--away", "200ms", "--progress", "none"])
+        .args(["--server-pid", &server.0.id().to_string()])
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .expect("run ringcast-loadgen");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "loadgen failed ({}):\n{stdout}\n{stderr}", output.status);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("result.json")).unwrap()).unwrap();
+    assert_eq!((json["lost"].as_u64(), json["duplicates"].as_u64()), (Some(0), Some(0)), "{stdout}");
+    let sent = json["sent"].as_u64().unwrap();
+    assert_eq!(json["delivered"].as_u64(), Some(sent * 200), "{stdout}");
+    let reconnect = &json["reconnect"];
+    assert_eq!(reconnect["clients_reconnecting"], 40, "{stdout}");
+    let reconnects = reconnect["reconnects"].as_u64().unwrap();
+    assert!(reconnects >= 40, "{stdout}");
+    assert_eq!(reconnect["recoveries_complete"].as_u64(), Some(reconnects), "{stdout}");
+    assert_eq!((reconnect["offset_gaps"].as_u64(), reconnect["epoch_changes"].as_u64()), (Some(0), Some(0)));
+    assert!(reconnect["recovered_messages"].as_u64().unwrap() > 0, "messages were replayed: {stdout}");
+    assert_eq!(reconnect["recovery_ms"]["count"].as_u64(), Some(reconnects), "a latency per recovery");
+    assert_eq!(reconnect["per_client"].as_array().unwrap().len(), 40);
+    assert!(stdout.contains("recovery latency"), "{stdout}");
+}
+
+/// Pub/sub with token auth and presence: every client connects with a token, subscribes
+/// with `--subscribe` (text answers are skipped), and a topic publisher (the publish path
+/// with `?topic=`) reaches all of them; the token comes from `ringcast token`.
+#[test]
+fn a_pubsub_topic_with_tokens_and_presence_loses_nothing() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ringcast.toml");
+    std::fs::write(
+        &config,
+        "mode = \"pubsub\"\npublish_token = \"pub\"\n[auth]\nhmac_secret = \"loadgen-test-secret-0123456789\"\n\
+         [[channels]]\npattern = \"bench:*\"\nsubscribe = \"authenticated\"\npresence = true\njoin_leave = true\n",
+    )
+    .unwrap();
+    let minted = Command::new(ringcast_binary())
+        .args(["token", "--secret", "loadgen-test-secret-0123456789", "--sub", "loadgen", "--ttl", "10m"])
+        .output()
+        .unwrap();
+    assert!(minted.status.success(), "{}", String::from_utf8_lossy(&minted.stderr));
+    let token = String::from_utf8(minted.stdout).unwrap().trim().to_owned();
+    let server = Command::new(ringcast_binary())
+        .args(["serve", "--port", &port.to_string(), "--bind", "127.0.0.1", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start ringcast serve");
+    let server = Server(server);
+    wait_for_port(port);
+    let output = Command::new(env!("CARGO_BIN_EXE_ringcast-loadgen"))
+        .args(["broadcast", &format!("ws://127.0.0.1:{port}/?token={token}"), "--clients", "200"])
+        .args(["--subscribe", r#"{"op":"subscribe","topic":"bench:1"}"#])
+        .args(["--publish-path", "/publish?topic=bench:1&token=pub", "--payload", "64", "--rate", "50"])
+        .args(["--warmup", "300ms", "--duration", "1s", "--drain", "10s", "--progress", "none"])
+        .args(["--server-pid", &server.0.id().to_string()])
+        .arg("--json")
+        .arg(dir.path().join("result.json"))
+        .output()
+        .expect("run ringcast-loadgen");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "loadgen failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("result.json")).unwrap()).unwrap();
+    assert_eq!(json["connect"]["connected"], 200, "{stdout}");
+    assert_eq!((json["lost"].as_u64(), json["duplicates"].as_u64()), (Some(0), Some(0)), "{stdout}");
+    let sent = json["sent"].as_u64().unwrap();
+    assert!(sent >= 50, "the publisher sent {sent} messages");
+    assert_eq!(json["delivered"].as_u64(), Some(sent * 200), "join events (text) were not taken for messages");
+}

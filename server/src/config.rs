@@ -10,6 +10,10 @@ use ringcast_codec::deflate::ServerDeflateConfig;
 /// The port a server listens on unless told otherwise.
 pub const DEFAULT_PORT: u16 = 8888;
 
+/// The default server-wide budget for incomplete input (see
+/// [`ServerBuilder::max_buffered_input`]): 256 MiB.
+pub const DEFAULT_MAX_BUFFERED_INPUT: usize = 256 << 20;
+
 /// Per-connection behaviour switches, the five options of the reference component.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Options {
@@ -77,6 +81,7 @@ pub struct Config {
     pub(crate) split: Split,
     pub(crate) max_frame_size: usize,
     pub(crate) max_message_size: usize,
+    pub(crate) max_buffered_input: usize,
     pub(crate) send_queue_limit: usize,
     pub(crate) slow_consumer: SlowConsumerPolicy,
     pub(crate) handshake_timeout: Duration,
@@ -91,6 +96,7 @@ pub struct Config {
     pub(crate) keep_request: bool,
     pub(crate) recv_buffers: u16,
     pub(crate) recv_buffer_size: usize,
+    pub(crate) history: crate::history::HistoryConfig,
     /// The origin of the connections' compact timestamps (milliseconds since it).
     pub(crate) epoch: std::time::Instant,
     pub(crate) deflate: ServerDeflateConfig,
@@ -106,6 +112,7 @@ impl Default for Config {
             split: Split::Whole,
             max_frame_size: 16 << 20,
             max_message_size: 16 << 20,
+            max_buffered_input: DEFAULT_MAX_BUFFERED_INPUT,
             send_queue_limit: 1 << 20,
             slow_consumer: SlowConsumerPolicy::DropNew,
             handshake_timeout: Duration::from_secs(10),
@@ -120,6 +127,7 @@ impl Default for Config {
             keep_request: false,
             recv_buffers: 64,
             recv_buffer_size: 64 << 10,
+            history: crate::history::HistoryConfig::off(),
             epoch: std::time::Instant::now(),
             deflate: ServerDeflateConfig::new().enabled(false),
         }
@@ -268,6 +276,21 @@ impl ServerBuilder {
         self
     }
 
+    /// The server-wide budget for incomplete input (default 256 MiB): bytes held, on
+    /// every shard together, for request heads and bodies, frames and messages still
+    /// arriving, and inflate state. `max_message_size` bounds one connection; this bounds
+    /// their sum, so that many clients each sending all but the last byte of a large
+    /// message cannot exhaust memory.
+    ///
+    /// Past the budget, the connections holding the most are closed (with 1009 "message
+    /// too big" once upgraded; handshaking ones are dropped) until the total is back under
+    /// seven eighths of it; the others are served normally. Counted in
+    /// [`Stats::input_budget_closes`](crate::Stats::input_budget_closes).
+    pub fn max_buffered_input(mut self, bytes: usize) -> Self {
+        self.config.max_buffered_input = bytes.max(1);
+        self
+    }
+
     /// The most unsent bytes queued for one connection (default 1 MiB) before the
     /// slow-consumer policy applies.
     pub fn send_queue_limit(mut self, bytes: usize) -> Self {
@@ -379,6 +402,15 @@ impl ServerBuilder {
     /// ```
     pub fn permessage_deflate(mut self, deflate: ServerDeflateConfig) -> Self {
         self.config.deflate = deflate;
+        self
+    }
+
+    /// Keep a bounded history of every topic published with
+    /// [`Broadcaster::publish`](crate::Broadcaster::publish), so that subscribers can
+    /// recover what they missed ([`Connection::subscribe_from`](crate::Connection::subscribe_from)).
+    /// Off by default (offsets are assigned either way).
+    pub fn history(mut self, history: crate::history::HistoryConfig) -> Self {
+        self.config.history = history;
         self
     }
 

@@ -52,6 +52,10 @@ pub enum DisconnectReason {
     SlowConsumer,
     /// The server is stopping.
     ServerStopping,
+    /// The server-wide budget for incomplete input was exceeded and this connection held
+    /// the most; it was closed with 1009 (see
+    /// [`ServerBuilder::max_buffered_input`](crate::ServerBuilder::max_buffered_input)).
+    InputBudget,
     /// The application called [`Connection::abort`](crate::Connection::abort).
     Aborted,
     /// A socket or TLS error.

@@ -39,6 +39,26 @@
 //! `BroadcastMessage`/`BroadcastData` are [`Broadcaster::broadcast`], and
 //! `SendMessageTo`/`SendDataTo` are [`Broadcaster::send_where`].
 //!
+//! # History and recovery
+//!
+//! [`Broadcaster::publish`] sends to a topic's subscribers as a *stream*: each message gets
+//! an offset and is kept in a bounded history ([`ServerBuilder::history`], off by
+//! default), and [`Connection::subscribe_from`] subscribes from a [`Since`] — the last
+//! message a reconnecting client received, or the last N — replaying what it missed and
+//! then switching to live messages with no gap and no duplicate (the argument is in
+//! `api/recovery.rs`). [`Broadcaster::publish_at`] and [`Broadcaster::backfill`] take
+//! positions assigned elsewhere, e.g. by a cluster's shared store.
+//!
+//! # Who may connect, subscribe and publish
+//!
+//! [`Handler::authenticate`] decides the upgrade with the connection's id and data at
+//! hand, so the identity a token establishes is kept with the connection;
+//! [`Handler::check`] then decides each [`Connection::subscribe`] and
+//! [`Connection::publish`] ([`Access`], refused with a [`Denied`] reason), and
+//! [`Broadcaster::visit`] acts on connections from any thread, e.g. to close those whose
+//! credentials expired. The `ringcast` service's token and channel rules are one
+//! implementation of these hooks.
+//!
 //! Events, per-connection user data ([`Handler::Data`]), the five reference options
 //! ([`Options`]) and frame splitting ([`ServerBuilder::split_messages`]) are described on
 //! their items.
@@ -49,7 +69,8 @@
 //!
 //! | layer | modules | what |
 //! | --- | --- | --- |
-//! | vocabulary | `id`, `event`, `config`, `stats`, `topics` | ids, reasons, decisions, errors, settings, counters: no logic |
+//! | vocabulary | `id`, `event`, `access`, `config`, `stats`, `topics` | ids, reasons, decisions, errors, settings, counters: no logic |
+//! | history | `history` | every stream's offsets, epoch and kept messages (one lock), bounded by count, age and memory: no I/O, no shards |
 //! | connection | `conn` | the sans-IO state machine of one connection and its send queue: bytes, time and write completions in; events, frames to write, deadlines and the end out; tested in memory with a virtual clock |
 //! | handles | `api` | what handlers and other threads hold: [`Connection`], [`ConnectionRef`], [`Target`], [`Message`], [`Broadcaster`] (and the shards' mailboxes), [`HttpRequest`] |
 //! | events | `handler` | the [`Handler`] trait |
@@ -77,6 +98,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+mod access;
 mod api;
 mod config;
 mod conn;
@@ -85,6 +107,7 @@ mod event;
 #[doc(hidden)]
 pub mod fuzzing;
 mod handler;
+mod history;
 mod id;
 mod io;
 mod server;
@@ -92,10 +115,15 @@ mod shard;
 mod stats;
 mod topics;
 
-pub use api::{Broadcaster, Connection, ConnectionRef, HttpRequest, HttpResponse, Message, Selector, Target};
+pub use access::{Access, Denied};
+pub use api::{
+    Broadcaster, Connection, ConnectionRef, ConnectionTask, HistoryUsage, HttpRequest, HttpResponse, Message, Selector,
+    Target,
+};
 pub use config::{Config, DEFAULT_PORT, IoBackend, Options, ServerBuilder, SlowConsumerPolicy, TlsFiles};
 pub use event::{Allow, DisconnectReason, Frame, SendError};
 pub use handler::Handler;
+pub use history::{Appended, Epoch, EpochParseError, HistoryConfig, NotRecovered, Position, Recovery, Since};
 pub use id::ConnectionId;
 pub use io::tls::TlsError;
 pub use server::{Backend, Server, ServerHandle, StartError};

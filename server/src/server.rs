@@ -143,15 +143,18 @@ impl ServerBuilder {
             .collect::<Result<Vec<_>, _>>()
             .map_err(StartError::Worker)?;
         let stats: Vec<Arc<ShardStats>> = (0..config.workers).map(|_| Arc::default()).collect();
+        let history = Arc::new(crate::history::History::new(config.history));
         let router = Router {
             shards: mailboxes.clone(),
             stats: stats.clone(),
             split: config.split,
             deflate: config.deflate.is_enabled(),
+            history,
         };
         let broadcaster = Broadcaster { router: Arc::new(router) };
         let handler = Arc::new(handler);
         let open_connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let buffered_input = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (ready_tx, ready_rx) = mpsc::channel();
         let mut workers = Vec::with_capacity(config.workers);
         for (index, listener) in listeners.into_iter().enumerate() {
@@ -163,6 +166,7 @@ impl ServerBuilder {
                 mailbox: mailboxes[index].clone(),
                 stats: stats[index].clone(),
                 open_connections: open_connections.clone(),
+                buffered_input: buffered_input.clone(),
             };
             let (ready, tls) = (ready_tx.clone(), tls.clone());
             let thread = std::thread::Builder::new()

@@ -75,6 +75,8 @@ pub struct ShardStats {
     /// Messages compressed for permessage-deflate (a broadcast counts once, however many
     /// subscribers take the compressed variant).
     pub compressions: Counter,
+    /// Connections closed because the server-wide input budget was exceeded.
+    pub input_budget_closes: Counter,
 }
 
 impl ShardStats {
@@ -100,6 +102,9 @@ pub struct Stats {
     pub buffered_input: u64,
     /// Messages compressed for permessage-deflate.
     pub compressions: u64,
+    /// Connections closed because the server-wide input budget was exceeded (see
+    /// [`ServerBuilder::max_buffered_input`](crate::ServerBuilder::max_buffered_input)).
+    pub input_budget_closes: u64,
     /// Upgraded WebSocket connections.
     pub websockets: u64,
     /// Upgrades completed.
@@ -137,6 +142,7 @@ impl Stats {
             stats.queued_bytes.push(shard.queued_bytes.get());
             stats.buffered_input += shard.buffered_input.get();
             stats.compressions += shard.compressions.get();
+            stats.input_budget_closes += shard.input_budget_closes.get();
             stats.websockets += shard.websockets.get();
             stats.handshakes_accepted += shard.handshakes_accepted.get();
             stats.handshakes_refused += shard.handshakes_refused.get();

@@ -1,9 +1,14 @@
 //! `ringcast serve`: the fan-out service. See `ringcast serve --help`.
 #![forbid(unsafe_code)]
 
+mod access;
+mod auth;
 mod cluster;
 mod dashboard;
+mod history;
 mod metrics;
+mod presence;
+mod redis_history;
 mod service;
 mod settings;
 mod topics;
@@ -25,7 +30,21 @@ use settings::{Backend, Cli, Command, LogFormat, Mode, ServeArgs, SlowConsumer};
 use topics::TopicCounts;
 
 fn main() -> ExitCode {
-    let Command::Serve(args) = Cli::parse().command;
+    let args = match Cli::parse().command {
+        Command::Serve(args) => args,
+        Command::Token(args) => {
+            return match auth::mint::mint(&args) {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ringcast token: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+    };
     let args = match args.resolve() {
         Ok(args) => args,
         Err(e) => {
@@ -59,6 +78,7 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mode = args.mode.unwrap_or_default();
     let status_page = args.status_page.unwrap_or(true);
     let topics = Arc::new(TopicCounts::default());
+    let history = history_config(&args);
     let (cluster, backbone) = match &args.cluster {
         Some(url) => {
             let always = match mode {
@@ -66,11 +86,26 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
                 Mode::Relay => vec![Scope::Relay],
                 Mode::Pubsub | Mode::Echo => vec![],
             };
-            let (cluster, backbone) = cluster::connect(url, &always, topics.clone())?;
+            let in_redis = history.is_enabled().then(|| redis_history::RedisHistory {
+                max_messages: history.messages(),
+                ttl_ms: history.age().as_millis() as u64,
+            });
+            let (cluster, backbone) = cluster::connect(url, &always, topics.clone(), in_redis)?;
             (Some(cluster), Some(backbone))
         }
         None => (None, None),
     };
+    let auth = auth::Auth::new(&args.auth, args.channels.clone())?;
+    auth.log_at_start();
+    let presence = match &args.cluster {
+        Some(url) => {
+            let (presence, backbone) =
+                presence::Presence::clustered(url, args.presence.ttl.unwrap_or(presence::DEFAULT_TTL))?;
+            (presence, Some(backbone))
+        }
+        None => (presence::Presence::local(), None),
+    };
+    let (access, access_start) = access::AccessControl::new(auth, presence, args.admin_token.clone());
     let service = Service {
         mode,
         path: normalize(args.path.as_deref().unwrap_or("/")),
@@ -80,8 +115,12 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         counters: ServiceCounters::default(),
         topics,
         cluster,
+        history: (history.is_enabled() && matches!(mode, Mode::Broadcast | Mode::Pubsub))
+            .then(|| history::StreamHistory::new(history)),
+        access,
     };
-    let server = builder(&args)?.start(service)?;
+    let server = builder(&args)?.history(history).start(service)?;
+    access_start.start(&server)?;
     if let Some(backbone) = backbone {
         let (broadcaster, service) = (server.broadcaster(), server.handler().clone());
         backbone.start(move |inbound| service.deliver_from_cluster(&broadcaster, inbound))?;
@@ -104,9 +143,22 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// `--history-size`, `--history-ttl`, `--history-memory`: on with modest bounds.
+fn history_config(args: &ServeArgs) -> ringcast::HistoryConfig {
+    let defaults = ringcast::HistoryConfig::new();
+    ringcast::HistoryConfig::new()
+        .max_messages(args.history_size.unwrap_or(defaults.messages()))
+        .max_age(args.history_ttl.unwrap_or(defaults.age()))
+        .max_bytes(args.history_memory.unwrap_or(defaults.bytes()))
+}
+
 fn normalize(path: &str) -> String {
     if path.starts_with('/') { path.to_owned() } else { format!("/{path}") }
 }
+
+/// The service's default limit on one client message (and frame): 1 MiB. A fan-out
+/// service's subscribers send little; the library's 16 MiB default suits an echo server.
+const DEFAULT_MAX_MESSAGE_SIZE: usize = 1 << 20;
 
 fn builder(args: &ServeArgs) -> Result<ringcast::ServerBuilder, Box<dyn std::error::Error>> {
     let mut builder = Server::builder()
@@ -129,9 +181,7 @@ fn builder(args: &ServeArgs) -> Result<ringcast::ServerBuilder, Box<dyn std::err
     if let Some(workers) = args.workers {
         builder = builder.workers(workers);
     }
-    if let Some(bytes) = args.max_frame_size {
-        builder = builder.max_frame_size(bytes);
-    }
+    builder = builder.max_frame_size(args.max_frame_size.unwrap_or(DEFAULT_MAX_MESSAGE_SIZE));
     if args.permessage_deflate.unwrap_or(true) {
         let mut deflate = ServerDeflateConfig::new();
         if let Some(level) = args.deflate_level {
@@ -142,8 +192,9 @@ fn builder(args: &ServeArgs) -> Result<ringcast::ServerBuilder, Box<dyn std::err
         }
         builder = builder.permessage_deflate(deflate);
     }
-    if let Some(bytes) = args.max_message_size {
-        builder = builder.max_message_size(bytes);
+    builder = builder.max_message_size(args.max_message_size.unwrap_or(DEFAULT_MAX_MESSAGE_SIZE));
+    if let Some(bytes) = args.max_buffered_input {
+        builder = builder.max_buffered_input(bytes);
     }
     if let Some(bytes) = args.send_queue_limit {
         builder = builder.send_queue_limit(bytes);

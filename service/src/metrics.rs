@@ -37,12 +37,6 @@ pub fn render(stats: &Stats, service: &ServiceCounters, cluster: Option<&Cluster
         &queued,
     );
     metric(
-        "ringcast_buffered_input_bytes",
-        "gauge",
-        "Bytes held for incomplete input: request heads and bodies, frames and messages still arriving.",
-        &[(String::new(), stats.buffered_input)],
-    );
-    metric(
         "ringcast_handshakes_total",
         "counter",
         "Upgrade requests by outcome.",
@@ -93,6 +87,18 @@ pub fn render(stats: &Stats, service: &ServiceCounters, cluster: Option<&Cluster
         "counter",
         "Connections failed for protocol violations.",
         &[(String::new(), stats.protocol_errors)],
+    );
+    metric(
+        "ringcast_buffered_input_bytes",
+        "gauge",
+        "Bytes held for incomplete input (messages, frames, request heads still arriving).",
+        &[(String::new(), stats.buffered_input)],
+    );
+    metric(
+        "ringcast_input_budget_closes_total",
+        "counter",
+        "Connections closed with 1009 because the server held more incomplete input than --max-buffered-input.",
+        &[(String::new(), stats.input_budget_closes)],
     );
     metric(
         "ringcast_compressions_total",

@@ -5,12 +5,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use ringcast::{Allow, Connection, Handler, HttpRequest, HttpResponse, PreparedMessage, Request, Target};
+use ringcast::{
+    Access, Allow, Connection, ConnectionId, ConnectionRef, Denied, Handler, HttpRequest, HttpResponse,
+    PreparedMessage, Request, Target,
+};
 use simd_json::prelude::*;
 
+use crate::access::AccessControl;
 use crate::cluster::{Cluster, Scope};
 use crate::dashboard::{self, Dashboard};
+use crate::history::{self, StreamHistory};
 use crate::metrics::{self, ServiceCounters};
+use crate::presence::Query;
 use crate::settings::Mode;
 use crate::topics::TopicCounts;
 
@@ -22,10 +28,15 @@ pub enum Role {
     Client,
     /// Broadcast mode: receives what publishers send.
     Subscriber,
+    /// Broadcast mode, with offsets (`/?offsets=1`, `?since=`, `?last=`): receives the
+    /// broadcast stream's messages in their envelope.
+    StreamSubscriber,
     /// Broadcast mode: sends what subscribers receive.
     Publisher,
     /// The dashboard's live feed.
     StatusFeed,
+    /// Pub/sub mode with auth: connected without a token, which must be its first message.
+    Pending,
 }
 
 /// Per-connection state.
@@ -46,6 +57,10 @@ pub struct Service {
     pub topics: Arc<TopicCounts>,
     /// Other nodes, when running with `--cluster`.
     pub cluster: Option<Cluster>,
+    /// Message history (offsets, recovery), unless `--history-size 0`.
+    pub history: Option<StreamHistory>,
+    /// Who may connect, subscribe and publish; presence.
+    pub access: AccessControl,
 }
 
 /// Whether a request carries the token (`?token=` or `Authorization: Bearer`).
@@ -83,7 +98,7 @@ impl Service {
         self.dashboard.is_some() && path == dashboard::FEED_PATH
     }
 
-    fn topic_subscribed(&self, topic: &str) {
+    pub(crate) fn topic_subscribed(&self, topic: &str) {
         self.topics.subscribed(topic, || {
             if let Some(cluster) = &self.cluster {
                 cluster.topic_interest_started(topic);
@@ -91,7 +106,7 @@ impl Service {
         });
     }
 
-    fn topic_unsubscribed(&self, topic: &str) {
+    pub(crate) fn topic_unsubscribed(&self, topic: &str) {
         self.topics.unsubscribed(topic, || {
             if let Some(cluster) = &self.cluster {
                 cluster.topic_interest_ended(topic);
@@ -102,6 +117,9 @@ impl Service {
     /// Broadcast mode: a publisher's message goes to every subscriber, encoded once.
     fn fan_out(&self, conn: &mut Connection<'_, Peer>, message: PreparedMessage, binary: bool, payload: &[u8]) {
         self.counters.published.fetch_add(1, Ordering::Relaxed);
+        if self.history.is_some() {
+            return self.publish_stream(conn.broadcaster(), &Scope::Broadcast, binary, payload);
+        }
         conn.send_where(|c| c.data().role == Role::Subscriber, &message);
         self.to_cluster(&Scope::Broadcast, binary, payload);
     }
@@ -114,6 +132,21 @@ impl Service {
         self.to_cluster(&Scope::Relay, binary, payload);
     }
 
+    /// A stream's message (history on): through Redis with a cluster, else here.
+    pub(crate) fn publish_stream(
+        &self,
+        broadcaster: &ringcast::Broadcaster<Peer>,
+        scope: &Scope,
+        binary: bool,
+        payload: &[u8],
+    ) {
+        let Some(history) = &self.history else { return };
+        match &self.cluster {
+            Some(cluster) => cluster.publish_stream(scope, binary, payload),
+            None => history::publish_local(broadcaster, history, scope, binary, payload),
+        }
+    }
+
     fn to_cluster(&self, scope: &Scope, binary: bool, payload: &[u8]) {
         if let Some(cluster) = &self.cluster {
             cluster.publish(scope, binary, payload);
@@ -122,6 +155,10 @@ impl Service {
 
     /// Delivers a message that another node published, encoded once for this node.
     pub fn deliver_from_cluster(&self, broadcaster: &ringcast::Broadcaster<Peer>, inbound: crate::cluster::Inbound) {
+        if let (Some(at), Some(history)) = (inbound.position, &self.history) {
+            let cluster = self.cluster.as_ref();
+            return history::deliver(broadcaster, history, cluster, &inbound.scope, at, inbound.binary, &inbound.body);
+        }
         let split = broadcaster.split();
         let message = if inbound.binary {
             PreparedMessage::binary(&inbound.body, split)
@@ -143,33 +180,43 @@ impl Service {
             Ok(request) => {
                 let op = request.get("op").and_then(|v| v.as_str());
                 let topic = request.get("topic").and_then(|v| v.as_str());
+                let token = request.get("token").and_then(|v| v.as_str());
                 match (op, topic) {
+                    (Some(op @ ("auth" | "refresh")), _) => return self.token_op(conn, op, token),
                     (_, Some(topic)) if topic.is_empty() || topic.len() > 256 => {
                         Err("topic must be 1 to 256 bytes".to_owned())
                     }
-                    (Some("subscribe"), Some(topic)) => {
-                        if conn.subscribe(topic) {
-                            self.topic_subscribed(topic);
-                        }
-                        Ok(event("subscribed", topic))
-                    }
-                    (Some("unsubscribe"), Some(topic)) => {
-                        if conn.unsubscribe(topic) {
-                            self.topic_unsubscribed(topic);
-                        }
-                        Ok(event("unsubscribed", topic))
-                    }
+                    (Some("subscribe"), Some(topic)) => match history::since_from_json(&request) {
+                        Ok(since) => return self.subscribe_op(conn, topic, token, since),
+                        Err(error) => Err(error),
+                    },
+                    (Some("unsubscribe"), Some(topic)) => return self.unsubscribe_op(conn, topic, true),
                     (Some("publish"), Some(topic)) => {
                         let data = request.get("data").map_or_else(|| "null".to_owned(), |d| d.encode());
-                        self.counters.published.fetch_add(1, Ordering::Relaxed);
+                        if self.history.is_some() {
+                            if let Err(denied) = conn.check(Access::Publish(topic)) {
+                                let _ = conn.send(&publish_refused(topic, &denied));
+                                return;
+                            }
+                            self.counters.published.fetch_add(1, Ordering::Relaxed);
+                            let scope = Scope::Topic(topic.to_owned());
+                            return self.publish_stream(conn.broadcaster(), &scope, false, data.as_bytes());
+                        }
                         let message = topic_message(topic, &data);
-                        conn.send_to(Target::topic(topic), &message);
+                        if let Err(denied) = conn.publish(topic, &message) {
+                            let _ = conn.send(&publish_refused(topic, &denied));
+                            return;
+                        }
+                        self.counters.published.fetch_add(1, Ordering::Relaxed);
                         self.to_cluster(&Scope::Topic(topic.to_owned()), false, message.as_bytes());
                         return;
                     }
-                    (Some(op), _) if !matches!(op, "subscribe" | "unsubscribe" | "publish") => {
-                        Err(format!("unknown op {op:?}; expected subscribe, unsubscribe or publish"))
+                    (Some(op @ ("presence" | "presence_stats")), Some(topic)) => {
+                        return self.presence_op(conn, op, topic);
                     }
+                    (Some(op), _) if !OPS.contains(&op) => Err(format!(
+                        "unknown op {op:?}; expected subscribe, unsubscribe, publish, presence, presence_stats, auth or refresh"
+                    )),
                     _ => Err("expected {\"op\": ..., \"topic\": ...}".to_owned()),
                 }
             }
@@ -183,6 +230,9 @@ impl Service {
 
     fn http_publish(&self, http: &HttpRequest<'_, Peer>) -> HttpResponse {
         let head = http.head();
+        if !self.http_publisher_allowed() {
+            return HttpResponse::text(403, "auth is on: publishing over HTTP needs --publish-token\n");
+        }
         match self.check_token(head) {
             TokenCheck::Ok => {}
             TokenCheck::Missing => return HttpResponse::text(401, "publish token required\n"),
@@ -201,6 +251,9 @@ impl Service {
             _ => PreparedMessage::binary(body, split),
         };
         match self.mode {
+            Mode::Broadcast if self.history.is_some() => {
+                self.publish_stream(broadcaster, &Scope::Broadcast, binary, body);
+            }
             Mode::Broadcast => {
                 broadcaster.send_where(|c| c.data().role == Role::Subscriber, &encode());
                 self.to_cluster(&Scope::Broadcast, binary, body);
@@ -214,9 +267,19 @@ impl Service {
                     Ok(value) => value.encode(),
                     Err(_) => json_string(&String::from_utf8_lossy(body)),
                 };
-                let message = topic_message(topic, &data);
-                broadcaster.send(Target::topic(topic), &message);
-                self.to_cluster(&Scope::Topic(topic.to_owned()), false, message.as_bytes());
+                if self.history.is_some() && !binary {
+                    self.publish_stream(broadcaster, &Scope::Topic(topic.to_owned()), false, data.as_bytes());
+                    self.counters.published.fetch_add(1, Ordering::Relaxed);
+                    return HttpResponse::json(202, format!("{{\"accepted\":true,\"bytes\":{}}}", body.len()));
+                }
+                if binary {
+                    broadcaster.send(Target::topic(topic), &encode());
+                    self.to_cluster(&Scope::Topic(topic.to_owned()), true, body);
+                } else {
+                    let message = topic_message(topic, &data);
+                    broadcaster.send(Target::topic(topic), &message);
+                    self.to_cluster(&Scope::Topic(topic.to_owned()), false, message.as_bytes());
+                }
             }
             Mode::Relay | Mode::Echo => {
                 broadcaster.send_where(|c| c.data().role == Role::Client, &encode());
@@ -236,8 +299,18 @@ fn as_text(payload: &[u8]) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(payload)
 }
 
-fn event(name: &str, topic: &str) -> String {
-    format!("{{\"event\":{},\"topic\":{}}}", json_string(name), json_string(topic))
+/// Every pub/sub op.
+const OPS: [&str; 7] = ["subscribe", "unsubscribe", "publish", "presence", "presence_stats", "auth", "refresh"];
+
+fn publish_refused(topic: &str, denied: &Denied) -> String {
+    let explained =
+        crate::auth::rules::Refusal::from_reason(denied.reason()).map_or(denied.reason(), |r| r.explain(false));
+    format!(
+        "{{\"event\":\"error\",\"op\":\"publish\",\"topic\":{},\"reason\":{},\"error\":{}}}",
+        json_string(topic),
+        json_string(denied.reason()),
+        json_string(explained)
+    )
 }
 
 /// What subscribers of `topic` receive: `{"topic": ..., "data": ...}`, built once per publish.
@@ -259,22 +332,43 @@ impl Handler for Service {
         {
             return dashboard.allow_feed(request);
         }
-        if self.mode == Mode::Broadcast && path == self.publish_path {
+        if matches!(self.mode, Mode::Broadcast | Mode::Pubsub) && path == self.publish_path {
             return match self.check_token(request) {
                 TokenCheck::Ok => Allow::Yes,
                 TokenCheck::Missing => Allow::Status(401),
                 TokenCheck::Wrong => Allow::Status(403),
             };
         }
-        if path == self.path { Allow::Yes } else { Allow::Status(404) }
+        if path != self.path {
+            return Allow::Status(404);
+        }
+        if self.mode == Mode::Broadcast && history::since_from_query(request).is_err() {
+            return Allow::Status(400);
+        }
+        Allow::Yes
+    }
+
+    fn authenticate(&self, request: &Request, peer: SocketAddr, id: ConnectionId, data: &mut Peer) -> Allow {
+        match self.allow(request, peer) {
+            Allow::Yes => self.admit(request, id, data),
+            refused => refused,
+        }
+    }
+
+    fn check(&self, conn: &ConnectionRef<'_, Peer>, access: Access<'_>) -> Result<(), Denied> {
+        self.check_access(conn, access)
     }
 
     fn on_handshake_response_sent(&self, conn: &mut Connection<'_, Peer>) {
         let path = conn.request().map(|r| r.path().to_owned()).unwrap_or_default();
         conn.data_mut().role = if self.is_status_feed(&path) {
             Role::StatusFeed
+        } else if conn.data().role == Role::Pending {
+            Role::Pending
+        } else if matches!(self.mode, Mode::Broadcast | Mode::Pubsub) && path == self.publish_path {
+            Role::Publisher
         } else if self.mode == Mode::Broadcast {
-            if path == self.publish_path { Role::Publisher } else { Role::Subscriber }
+            Role::Subscriber
         } else {
             Role::Client
         };
@@ -283,11 +377,27 @@ impl Handler for Service {
         {
             let _ = conn.send(&dashboard.history_message());
         }
+        if conn.data().role == Role::Subscriber
+            && let Some(history) = &self.history
+        {
+            match conn.request().and_then(|r| history::since_from_query(r).ok()).flatten() {
+                Some(since) => {
+                    conn.data_mut().role = Role::StreamSubscriber;
+                    let raw = history.raw_subscribers.clone();
+                    history::subscribe(conn, &Scope::Broadcast, since, self.cluster.as_ref(), &self.topics, &raw);
+                }
+                None => {
+                    history.raw_subscribers.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
     }
 
     fn on_text(&self, conn: &mut Connection<'_, Peer>, text: &str) {
         match (self.mode, conn.data().role) {
             (_, Role::StatusFeed) => {}
+            (_, Role::Pending) => self.pending_message(conn, Some(text)),
+            (Mode::Pubsub, Role::Publisher) => self.topic_publisher_message(conn, Some(text), &[]),
             (Mode::Broadcast, Role::Publisher) => {
                 self.fan_out(conn, PreparedMessage::text(text, conn.broadcaster().split()), false, text.as_bytes());
             }
@@ -305,6 +415,8 @@ impl Handler for Service {
     fn on_binary(&self, conn: &mut Connection<'_, Peer>, data: &[u8]) {
         match (self.mode, conn.data().role) {
             (_, Role::StatusFeed) => {}
+            (_, Role::Pending) => self.pending_message(conn, None),
+            (Mode::Pubsub, Role::Publisher) => self.topic_publisher_message(conn, None, data),
             (Mode::Broadcast, Role::Publisher) => {
                 self.fan_out(conn, PreparedMessage::binary(data, conn.broadcaster().split()), true, data);
             }
@@ -321,6 +433,12 @@ impl Handler for Service {
     }
 
     fn on_disconnect(&self, conn: &mut Connection<'_, Peer>, _reason: &ringcast::DisconnectReason) {
+        if conn.data().role == Role::Subscriber
+            && let Some(history) = &self.history
+        {
+            history.raw_subscribers.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.connection_ended(conn);
         for topic in conn.topics() {
             self.topic_unsubscribed(topic);
         }
@@ -336,13 +454,19 @@ impl Handler for Service {
         Some(match (head.method(), head.path()) {
             ("POST", path) if path == self.publish_path => self.http_publish(http),
             ("GET", "/metrics") => HttpResponse::new(200).header("Content-Type", "text/plain; version=0.0.4").body(
-                metrics::render(
+                (metrics::render(
                     &http.broadcaster().stats(),
                     &self.counters,
                     self.cluster.as_ref().map(|c| &*c.metrics),
-                )
-                .into_bytes(),
+                ) + &history::render_metrics(
+                    self.history.as_ref(),
+                    http.broadcaster(),
+                    self.cluster.as_ref().map(|c| &*c.metrics),
+                ) + &self.access.render_metrics())
+                    .into_bytes(),
             ),
+            ("GET", "/presence") => self.http_presence(http, Query::Members),
+            ("GET", "/presence_stats") => self.http_presence(http, Query::Stats),
             ("GET", "/healthz") => HttpResponse::text(200, "ok\n"),
             ("GET", path) if path == self.path => return None,
             _ => HttpResponse::text(404, "not found\n"),

@@ -7,6 +7,10 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
+use crate::auth::mint::TokenArgs;
+use crate::auth::rules::ChannelRule;
+use crate::auth::settings::{AuthArgs, PresenceArgs};
+
 /// ringcast: a WebSocket fan-out server on io_uring.
 #[derive(Debug, Parser)]
 #[command(name = "ringcast", version, about, long_about = None)]
@@ -20,6 +24,10 @@ pub enum Command {
     /// Run the server. With no options: port 8888, one worker per core, plain ws,
     /// broadcast mode (publish on /publish, subscribe on /).
     Serve(Box<ServeArgs>),
+    /// Print a signed JWT for `--jwt-secret` (or a private key): a connection token, or
+    /// with --channel a subscription token. For trying the service out; real tokens
+    /// come from your own login service.
+    Token(Box<TokenArgs>),
 }
 
 /// What the service does with messages.
@@ -151,13 +159,20 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES")]
     pub deflate_min_size: Option<usize>,
 
-    /// Largest frame accepted from a client; larger closes it with 1009 [default: 16777216].
+    /// Largest frame accepted from a client; larger closes it with 1009 [default: 1048576].
     #[arg(long, value_name = "BYTES")]
     pub max_frame_size: Option<usize>,
 
-    /// Largest message accepted from a client; larger closes it with 1009 [default: 16777216].
+    /// Largest message accepted from a client; larger closes it with 1009 [default: 1048576:
+    /// subscribers send little, and publishers of larger messages raise it].
     #[arg(long, value_name = "BYTES")]
     pub max_message_size: Option<usize>,
+
+    /// Budget for incomplete input on the whole server: bytes held for messages, frames
+    /// and request heads still arriving. Past it, the connections holding the most are
+    /// closed with 1009 (counted in ringcast_input_budget_closes_total) [default: 268435456].
+    #[arg(long, value_name = "BYTES")]
+    pub max_buffered_input: Option<usize>,
 
     /// Unsent bytes allowed per client before the slow-consumer policy applies
     /// [default: 1048576].
@@ -223,8 +238,40 @@ pub struct ServeArgs {
     pub log_format: Option<LogFormat>,
 
     /// Join a cluster of ringcast nodes through Redis pub/sub, e.g. redis://127.0.0.1:6379.
+    /// With history on, the history lives in Redis (Streams) and offsets are assigned
+    /// there, so a client recovers on any node.
     #[arg(long, value_name = "URL")]
     pub cluster: Option<String>,
+
+    /// Messages of history kept per stream (each pub/sub topic, the broadcast stream) for
+    /// clients that reconnect; 0 turns history off (no offsets in deliveries) [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub history_size: Option<usize>,
+
+    /// Forget history older than this [default: 5m].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde_opt")]
+    pub history_ttl: Option<Duration>,
+
+    /// Memory cap of the history over all streams, per node [default: 67108864].
+    #[arg(long, value_name = "BYTES")]
+    pub history_memory: Option<usize>,
+
+    /// Connection tokens (`[auth]` in the config file).
+    #[command(flatten)]
+    #[serde(default)]
+    pub auth: AuthArgs,
+
+    /// Presence (`[presence]` in the config file).
+    #[command(flatten)]
+    #[serde(default)]
+    pub presence: PresenceArgs,
+
+    /// Channel rules: `[[channels]]` tables in the config file only (pattern, subscribe,
+    /// publish, presence, join_leave; see the README).
+    #[arg(skip)]
+    #[serde(default)]
+    pub channels: Vec<ChannelRule>,
 }
 
 /// Durations in the TOML file are written like the flags: "10s", "500ms".
@@ -257,6 +304,7 @@ impl ServeArgs {
             deflate_min_size: self.deflate_min_size.or(file.deflate_min_size),
             max_frame_size: self.max_frame_size.or(file.max_frame_size),
             max_message_size: self.max_message_size.or(file.max_message_size),
+            max_buffered_input: self.max_buffered_input.or(file.max_buffered_input),
             send_queue_limit: self.send_queue_limit.or(file.send_queue_limit),
             slow_consumer: self.slow_consumer.or(file.slow_consumer),
             max_connections: self.max_connections.or(file.max_connections),
@@ -271,6 +319,12 @@ impl ServeArgs {
             admin_token: self.admin_token.or(file.admin_token),
             log_format: self.log_format.or(file.log_format),
             cluster: self.cluster.or(file.cluster),
+            history_size: self.history_size.or(file.history_size),
+            history_ttl: self.history_ttl.or(file.history_ttl),
+            history_memory: self.history_memory.or(file.history_memory),
+            auth: self.auth.or(file.auth),
+            presence: self.presence.or(file.presence),
+            channels: if self.channels.is_empty() { file.channels } else { self.channels },
         }
     }
 
@@ -292,7 +346,7 @@ mod tests {
 
     fn parse(args: &[&str]) -> ServeArgs {
         let cli = Cli::try_parse_from([&["ringcast", "serve"], args].concat()).unwrap();
-        let Command::Serve(serve) = cli.command;
+        let Command::Serve(serve) = cli.command else { panic!("not serve") };
         *serve
     }
 

@@ -92,11 +92,15 @@ impl Node {
     }
 }
 
+/// History off: the plain backbone (deliver locally, PUBLISH once, ignore the own echo).
+/// With history, `history.rs` covers the cluster.
+const NO_HISTORY: &[&str] = &["--history-size", "0"];
+
 #[test]
 fn a_broadcast_published_on_one_node_reaches_subscribers_of_both() {
     let redis = Redis::start();
-    let a = Node::start(&redis, &[]);
-    let b = Node::start(&redis, &[]);
+    let a = Node::start(&redis, NO_HISTORY);
+    let b = Node::start(&redis, NO_HISTORY);
     let mut peer = Peer::python();
     peer.crowd("a", 20, &a.url("/"), &ConnectOpts::new());
     peer.crowd("b", 20, &b.url("/"), &ConnectOpts::new());
@@ -119,8 +123,8 @@ fn a_broadcast_published_on_one_node_reaches_subscribers_of_both() {
 #[test]
 fn topics_and_relay_span_nodes() {
     let redis = Redis::start();
-    let a = Node::start(&redis, &["--mode", "pubsub"]);
-    let b = Node::start(&redis, &["--mode", "pubsub"]);
+    let a = Node::start(&redis, &["--mode", "pubsub", "--history-size", "0"]);
+    let b = Node::start(&redis, &["--mode", "pubsub", "--history-size", "0"]);
     let mut peer = Peer::node();
     peer.connect("a_x", &a.url("/"), &ConnectOpts::new());
     peer.connect("b_x", &b.url("/"), &ConnectOpts::new());
@@ -158,8 +162,8 @@ fn topics_and_relay_span_nodes() {
 #[test]
 fn nodes_survive_a_redis_restart_and_count_what_was_lost() {
     let mut redis = Redis::start();
-    let a = Node::start(&redis, &[]);
-    let b = Node::start(&redis, &[]);
+    let a = Node::start(&redis, NO_HISTORY);
+    let b = Node::start(&redis, NO_HISTORY);
     let mut peer = Peer::python();
     peer.connect("sub_a", &a.url("/"), &ConnectOpts::new().collect());
     peer.connect("sub_b", &b.url("/"), &ConnectOpts::new().collect());

@@ -160,7 +160,8 @@ fn relay_mode_forwards_to_everyone_but_the_sender() {
 
 #[test]
 fn pubsub_topics_are_isolated_and_malformed_json_is_answered() {
-    let service = Service::start(&["--mode", "pubsub"]);
+    // History off: deliveries without offsets (`history.rs` tests them with).
+    let service = Service::start(&["--mode", "pubsub", "--history-size", "0"]);
     let mut peer = Peer::python();
     for id in ["a1", "a2", "b1", "p"] {
         peer.connect(id, &service.url("/"), &ConnectOpts::new());

@@ -10,8 +10,11 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use ringcast_codec::deflate::CompressedVariants;
 use ringcast_codec::{OpCode, PreparedMessage, Split};
 
-use crate::api::connection::ConnectionRef;
+use crate::api::connection::{Connection, ConnectionRef};
+use crate::api::recovery::ConnectionTask;
 use crate::api::target::{Message, Target};
+use crate::history::History;
+use crate::id::ConnectionId;
 use crate::stats::{ShardStats, Stats};
 
 /// One encoded message on its way to the shards; each shard shares these bytes between
@@ -39,7 +42,11 @@ pub(crate) struct Deflatable {
 impl Broadcast {
     /// Encodes `message` once; `deflate`: some connections may take a compressed variant.
     pub(crate) fn new(message: Message<'_>, split: Split, deflate: bool, published: Instant) -> Self {
-        let prepared = message.prepare(split);
+        Self::prepared(message.prepare(split), deflate, published)
+    }
+
+    /// A message already encoded; `deflate` as in [`Broadcast::new`].
+    pub(crate) fn prepared(prepared: PreparedMessage, deflate: bool, published: Instant) -> Self {
         let compressible = !prepared.is_compressed() && matches!(prepared.opcode(), OpCode::Text | OpCode::Binary);
         let deflatable = (deflate && compressible)
             .then(|| Deflatable { plain: prepared.clone(), variants: CompressedVariants::new() });
@@ -51,9 +58,19 @@ impl Broadcast {
 pub(crate) enum Command<D> {
     /// Queue a message on the targeted connections.
     Send { message: Arc<Broadcast>, target: Target<D> },
+    /// Run a closure on the targeted open connections.
+    Visit { target: Target<D>, visit: Visitor<D> },
     /// Close every connection and stop.
     Stop,
+    /// Queue `replay` on a connection and add it to `topic`'s subscribers, at this point
+    /// of the stream's order (see `api/recovery.rs`).
+    Join { id: ConnectionId, topic: Arc<str>, replay: Vec<Bytes> },
+    /// Run a task on a connection (see [`Broadcaster::with_connection`]).
+    Run { id: ConnectionId, task: ConnectionTask<D> },
 }
+
+/// A closure run on connections by their own shards ([`Broadcaster::visit`]).
+pub(crate) type Visitor<D> = Arc<dyn Fn(&mut Connection<'_, D>) + Send + Sync>;
 
 /// A shard's inbox: commands from other threads, and the eventfd that wakes the shard's
 /// loop when it is waiting. A sender writes the eventfd only when the shard said it is
@@ -118,6 +135,8 @@ pub(crate) struct Router<D> {
     pub(crate) split: Split,
     /// permessage-deflate is enabled: broadcasts keep what compression needs.
     pub(crate) deflate: bool,
+    /// Every stream's offsets and kept messages.
+    pub(crate) history: Arc<History>,
 }
 
 /// Sends messages to connections from any thread: one encode and one command per shard
@@ -198,6 +217,32 @@ impl<D> Broadcaster<D> {
         message: impl Into<Message<'a>>,
     ) {
         self.send(Target::select(selector), message);
+    }
+
+    /// Runs `visit` on each open connection `target` picks, on the worker that owns it,
+    /// with the same [`Connection`] handle events get: to close connections whose
+    /// credentials expired, unsubscribe them, or send to them after looking at their
+    /// data. A connection that ended before its worker got there is skipped.
+    ///
+    /// ```no_run
+    /// # fn demo(server: &ringcast::Broadcaster<()>, id: ringcast::ConnectionId) {
+    /// use ringcast::{CloseCode, Target};
+    /// server.visit(Target::Connection(id), |conn| {
+    ///     let _ = conn.close(CloseCode::from(4003), "token expired");
+    /// });
+    /// # }
+    /// ```
+    pub fn visit(&self, target: Target<D>, visit: impl Fn(&mut Connection<'_, D>) + Send + Sync + 'static) {
+        let visit: Visitor<D> = Arc::new(visit);
+        let reaches = |index: usize| match &target {
+            Target::Connection(id) => id.shard() == index,
+            _ => true,
+        };
+        for (index, shard) in self.router.shards.iter().enumerate() {
+            if reaches(index) {
+                shard.post(Command::Visit { target: target.clone(), visit: visit.clone() });
+            }
+        }
     }
 
     /// Sends `message` to every open connection: `send(Target::All, message)`.

@@ -8,6 +8,7 @@ use std::time::Instant;
 use ringcast_codec::handshake::Request;
 use ringcast_codec::{CloseCode, OpCode, PreparedMessage};
 
+use crate::access::{Access, Denied};
 use crate::api::broadcaster::{Broadcast, Broadcaster};
 use crate::api::target::{Message, Target};
 use crate::config::Config;
@@ -33,7 +34,13 @@ pub(crate) struct ShardView<D> {
     /// Sends a handler made to this shard's own connections, applied as soon as the
     /// handler returns (before anything else the shard does).
     pub(crate) deferred: Vec<(Arc<Broadcast>, Target<D>)>,
+    /// The handler's [`Handler::check`](crate::Handler::check).
+    pub(crate) check: Checker<D>,
 }
+
+/// [`Handler::check`](crate::Handler::check) of the shard's handler, callable where only
+/// the data type is known.
+pub(crate) type Checker<D> = Box<dyn Fn(&ConnectionRef<'_, D>, Access<'_>) -> Result<(), Denied>>;
 
 impl<D> ShardView<D> {
     /// Runs `f` on `conn` with the configuration and the event's time. (The shard's
@@ -225,14 +232,39 @@ impl<D> Connection<'_, D> {
 
     /// Subscribes this connection to `topic`: messages sent to
     /// [`Target::Topic`] (from any shard) reach it. Returns `false` if it was already
-    /// subscribed or is not open.
+    /// subscribed, is not open, or [`Handler::check`](crate::Handler::check) refused it
+    /// ([`Connection::try_subscribe`] says why).
     pub fn subscribe(&mut self, topic: &str) -> bool {
+        self.try_subscribe(topic).unwrap_or(false)
+    }
+
+    /// Subscribes this connection to `topic` if [`Handler::check`](crate::Handler::check)
+    /// allows [`Access::Subscribe`]; `Err` carries the handler's reason, and nothing is
+    /// subscribed. `Ok(false)`: it was already subscribed or is not open.
+    pub fn try_subscribe(&mut self, topic: &str) -> Result<bool, Denied> {
         if !self.conn.is_open() || self.conn.is_subscribed(topic) {
-            return false;
+            return Ok(false);
         }
+        self.check(Access::Subscribe(topic))?;
         let name = self.shard.topics.insert(topic, self.conn.id());
         self.conn.add_topic(name);
-        true
+        Ok(true)
+    }
+
+    /// Publishes `message` to the subscribers of `topic` on behalf of this connection's
+    /// client, if [`Handler::check`](crate::Handler::check) allows [`Access::Publish`]:
+    /// then it is `send_to(Target::topic(topic), message)`. `Err` carries the handler's
+    /// reason, and nothing is sent.
+    pub fn publish<'m>(&mut self, topic: &str, message: impl Into<Message<'m>>) -> Result<(), Denied> {
+        self.check(Access::Publish(topic))?;
+        self.send_to(Target::topic(topic), message);
+        Ok(())
+    }
+
+    /// Asks [`Handler::check`](crate::Handler::check) whether this connection may do
+    /// `access`, without doing it.
+    pub fn check(&self, access: Access<'_>) -> Result<(), Denied> {
+        (self.shard.check)(&ConnectionRef { conn: self.conn }, access)
     }
 
     /// Unsubscribes this connection from `topic`. Returns `false` if it was not subscribed.

@@ -659,6 +659,15 @@ impl<D> Conn<D> {
         Ok(())
     }
 
+    /// Queues a message replayed from the history. It is exempt from the send-queue
+    /// bound, which would otherwise cut a recovery short (a gap): the history's own
+    /// bounds limit it, and its bytes are shared with the history.
+    pub(crate) fn push_replay(&mut self, frame: OutFrame) -> Result<(), Refused> {
+        self.check_open()?;
+        self.queue.push(frame, Outbound::Message);
+        Ok(())
+    }
+
     /// Queues a ping.
     pub(crate) fn send_ping(&mut self, payload: &[u8], config: &Config, now: Instant) -> Result<(), Refused> {
         self.check_open()?;
@@ -716,6 +725,24 @@ impl<D> Conn<D> {
         self.close_sent = true;
         self.set_deadline(now + config.close_timeout, config);
         self.queue.push(OutFrame::single(frame, now), Outbound::Control);
+    }
+
+    /// The server is over its input budget and this connection holds the most: what it
+    /// holds is dropped now, an upgraded connection is closed with 1009 (its further
+    /// input ignored), a handshaking one ends at once.
+    pub(crate) fn shed_input(&mut self, config: &Config, now: Instant) {
+        let reason = DisconnectReason::InputBudget;
+        match self.phase {
+            Phase::Head(_) | Phase::Body(_) => self.finish(reason),
+            Phase::Open => {
+                self.decoder.reset();
+                self.record_end(reason.clone());
+                let close = PreparedMessage::close(CloseCode::Size, "server input budget exceeded").into_bytes();
+                self.push_close(close, now, config);
+                self.drain(reason, now, config);
+            }
+            _ => {}
+        }
     }
 
     /// Drops the connection at once, without a closing handshake.

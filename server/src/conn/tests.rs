@@ -338,6 +338,34 @@ fn permessage_deflate_is_negotiated_and_inflated_with_no_state_between_messages(
     assert_eq!(h.feed(&frame), vec![Seen::ProtocolError(CloseCode::Protocol)]);
 }
 
+/// Shedding for the input budget drops what the connection holds at once, closes an
+/// upgraded connection with 1009 (ignoring what it sends after) and ends it with
+/// `InputBudget`; a connection still in its handshake just ends.
+#[test]
+fn shedding_input_drops_what_is_held_and_closes_with_1009() {
+    let mut h = Harness::open(|b| b);
+    let mut frame = Harness::frame(OpCode::Binary, true, &vec![7u8; 100_000]);
+    frame.truncate(60_000);
+    assert_eq!(h.feed(&frame), vec![]);
+    assert!(h.conn.buffered_input() >= 50_000, "holds {}", h.conn.buffered_input());
+    h.conn.shed_input(&h.config, h.now);
+    assert_eq!(h.conn.buffered_input(), 0);
+    assert_eq!(h.feed(&vec![7u8; 30_000]), vec![], "input after the shed is ignored");
+    assert_eq!(h.conn.buffered_input(), 0);
+    h.flush();
+    let frames = h.server_frames();
+    assert_eq!(frames.len(), 1);
+    assert_eq!((frames[0].0, close_code(&frames[0].1)), (OpCode::Close, 1009));
+    assert_eq!(h.end(), Some(DisconnectReason::InputBudget));
+
+    let mut h = Harness::with(|b| b);
+    assert_eq!(h.feed(&REQUEST[..REQUEST.len() - 10]), vec![]);
+    assert!(h.conn.buffered_input() > 0);
+    h.conn.shed_input(&h.config, h.now);
+    assert_eq!(h.conn.buffered_input(), 0);
+    assert_eq!(h.end(), Some(DisconnectReason::InputBudget));
+}
+
 #[test]
 fn frame_by_frame_mode_and_manual_pong() {
     let mut h = Harness::open(|b| b.frame_by_frame(true).manual_pong(true));

@@ -19,7 +19,7 @@ use mio::{Events, Interest, Poll, Token};
 use crate::event::DisconnectReason;
 use crate::handler::Handler;
 use crate::io::tls::TlsState;
-use crate::io::{BUSY_RESPONSE, MAX_IOV, READ_BUFFER, describe};
+use crate::io::{BUSY_RESPONSE, MAX_IOV, READ_BUFFER, describe, memory};
 use crate::shard::{Shard, ShardSetup};
 
 const LISTENER: Token = Token(usize::MAX);
@@ -88,6 +88,9 @@ impl<H: Handler> EpollDriver<H> {
             self.shard.on_timers(now);
             self.flush(now);
             self.quieting.observe(self.shard.moved_bytes(), self.shard.held_bytes(), now);
+            if self.shard.take_trim_request() {
+                memory::release_free_memory();
+            }
             if self.shard.is_stopping() {
                 if let Some(mut listener) = self.listener.take() {
                     let _ = self.poll.registry().deregister(&mut listener);

@@ -30,7 +30,7 @@ use crate::config::Config;
 use crate::conn::OutFrame;
 use crate::handler::Handler;
 use crate::io::tls::TlsState;
-use crate::io::{BUSY_RESPONSE, MAX_IOV, describe};
+use crate::io::{BUSY_RESPONSE, MAX_IOV, describe, memory};
 use crate::shard::{Shard, ShardSetup};
 
 const SQ_ENTRIES: u32 = 2048;
@@ -641,6 +641,9 @@ impl<H: Handler> UringDriver<H> {
                 self.next_decay = now + DECAY_PERIOD;
             }
             self.quieting.observe(self.shard.moved_bytes(), self.shard.held_bytes(), now);
+            if self.shard.take_trim_request() {
+                memory::release_free_memory();
+            }
             if self.accept_retry.is_some_and(|at| now >= at) {
                 self.accept_retry = None;
                 self.arm_accept();

@@ -8,6 +8,7 @@
 //! ([`Shard::take_ended`]). `I` is the driver's own per-connection state, kept in the same
 //! slot so that one lookup finds both.
 
+mod recovery;
 mod timers;
 
 use std::net::SocketAddr;
@@ -20,7 +21,8 @@ use ringcast_codec::deflate::{BroadcastCompressor, WindowBits, variant_window_bi
 use ringcast_codec::{CloseCode, Incoming, OpCode};
 use slab::Slab;
 
-use crate::api::broadcaster::{Broadcast, Broadcaster, Command, Mailbox};
+use crate::access::Access;
+use crate::api::broadcaster::{Broadcast, Broadcaster, Command, Mailbox, Visitor};
 use crate::api::connection::{ConnectionRef, ShardView, compress_payload};
 use crate::api::{Connection, HttpRequest, HttpResponse, Target};
 use crate::config::Config;
@@ -53,6 +55,8 @@ pub(crate) struct ShardSetup<H: Handler> {
     pub(crate) stats: Arc<ShardStats>,
     /// Connections open on all shards, counted only when a limit is configured.
     pub(crate) open_connections: Arc<AtomicUsize>,
+    /// Bytes of incomplete input held on all shards (the input budget's gauge).
+    pub(crate) buffered_input: Arc<AtomicUsize>,
 }
 
 /// The backend-independent half of a worker.
@@ -71,6 +75,12 @@ pub(crate) struct Shard<H: Handler, I> {
     ended: Vec<usize>,
     sequence: u32,
     open_connections: Arc<AtomicUsize>,
+    /// See [`ShardSetup::buffered_input`].
+    buffered_input: Arc<AtomicUsize>,
+    /// Input grew past the budget during this input: shed before reading on.
+    over_budget: bool,
+    /// Input was shed: the driver should hand the freed memory back to the kernel.
+    trim_wanted: bool,
     commands: Vec<Command<H::Data>>,
     /// Set once a stop was requested: when every connection must be gone.
     stop_deadline: Option<Instant>,
@@ -78,7 +88,12 @@ pub(crate) struct Shard<H: Handler, I> {
 
 impl<H: Handler, I> Shard<H, I> {
     pub(crate) fn new(setup: ShardSetup<H>, now: Instant) -> Self {
-        let ShardSetup { index, config, handler, broadcaster, mailbox, stats, open_connections } = setup;
+        let ShardSetup { index, config, handler, broadcaster, mailbox, stats, open_connections, buffered_input } =
+            setup;
+        let check = {
+            let handler = handler.clone();
+            Box::new(move |conn: &ConnectionRef<'_, H::Data>, access: Access<'_>| handler.check(conn, access))
+        };
         Shard {
             index,
             handler,
@@ -92,6 +107,7 @@ impl<H: Handler, I> Shard<H, I> {
                 index,
                 deferred: Vec::new(),
                 compressor: None,
+                check,
             },
             mailbox,
             timers: TimerQueue::default(),
@@ -100,6 +116,9 @@ impl<H: Handler, I> Shard<H, I> {
             ended: Vec::new(),
             sequence: 0,
             open_connections,
+            buffered_input,
+            over_budget: false,
+            trim_wanted: false,
             commands: Vec::new(),
             stop_deadline: None,
         }
@@ -173,6 +192,46 @@ impl<H: Handler, I> Shard<H, I> {
             self.handle_event(key, event);
         }
         self.settle(key);
+        if self.over_budget {
+            self.shed_input();
+        }
+    }
+
+    /// The server holds more incomplete input than its budget: closes this shard's
+    /// connections that hold the most until the total is under seven eighths of it (or
+    /// this shard holds nothing more). Each shard sheds its own, so the biggest holders
+    /// go first wherever they are.
+    fn shed_input(&mut self) {
+        self.over_budget = false;
+        let budget = self.view.config.max_buffered_input;
+        let low_water = budget - budget / 8;
+        let mut holders: Vec<(u32, usize)> =
+            self.conns.iter().filter(|(_, slot)| slot.buffered > 0).map(|(key, slot)| (slot.buffered, key)).collect();
+        holders.sort_unstable_by(|a, b| b.cmp(a));
+        for (held, key) in holders {
+            if self.buffered_input.load(Ordering::Relaxed) <= low_water {
+                break;
+            }
+            let Some(slot) = self.conns.get_mut(key) else { continue };
+            tracing::warn!(
+                shard = self.index,
+                id = %slot.conn.id(),
+                peer = %slot.conn.peer(),
+                held,
+                budget,
+                "input budget exceeded: closing the connection holding the most (1009)"
+            );
+            slot.conn.shed_input(&self.view.config, self.view.now);
+            self.view.stats.input_budget_closes.add(1);
+            self.trim_wanted = true;
+            self.settle(key);
+        }
+    }
+
+    /// Whether input was shed since the last call: the freed buffers were large, and the
+    /// allocator keeps them unless asked to give them back.
+    pub(crate) fn take_trim_request(&mut self) -> bool {
+        std::mem::take(&mut self.trim_wanted)
     }
 
     fn handle_event(&mut self, key: usize, event: Event<'_>) {
@@ -180,7 +239,8 @@ impl<H: Handler, I> Shard<H, I> {
         match event {
             Event::Upgrade { request, accept, deflate } => {
                 let Some(slot) = self.conns.get_mut(key) else { return };
-                match self.handler.allow(&request, slot.conn.peer()) {
+                let (peer, id) = (slot.conn.peer(), slot.conn.id());
+                match self.handler.authenticate(&request, peer, id, &mut slot.conn.data) {
                     Allow::Yes => {
                         slot.conn.accept(request, &accept, deflate.as_deref(), &self.view.config);
                         stats.handshakes_accepted.add(1);
@@ -356,7 +416,10 @@ impl<H: Handler, I> Shard<H, I> {
         for command in commands.drain(..) {
             match command {
                 Command::Send { message, target } => self.fan_out(&message, &target),
+                Command::Visit { target, visit } => self.visit(&target, &visit),
                 Command::Stop => self.begin_stop(now),
+                Command::Join { id, topic, replay } => self.join(id, &topic, replay),
+                Command::Run { id, task } => self.run_task(id, task),
             }
         }
         self.commands = commands;
@@ -402,6 +465,29 @@ impl<H: Handler, I> Shard<H, I> {
         }
     }
 
+    /// Runs `visit` on every open connection of this shard that `target` picks, each as
+    /// a handler event of its own.
+    fn visit(&mut self, target: &Target<H::Data>, visit: &Visitor<H::Data>) {
+        let keys: Vec<usize> = match target {
+            Target::Connection(id) => {
+                self.conns.get(id.slot()).filter(|s| s.conn.id() == *id).map(|_| id.slot()).into_iter().collect()
+            }
+            Target::Topic(topic) => self.view.topics.members(topic).map(|id| id.slot()).collect(),
+            _ => self
+                .conns
+                .iter()
+                .filter(|(_, slot)| slot.conn.is_open() && target.matches(&ConnectionRef { conn: &slot.conn }))
+                .map(|(key, _)| key)
+                .collect(),
+        };
+        for key in keys {
+            if self.conns.get(key).is_some_and(|slot| slot.conn.is_open()) {
+                self.dispatch(key, |_, conn| visit(conn));
+                self.settle(key);
+            }
+        }
+    }
+
     // ------------------------------------------------------------------ bookkeeping
 
     /// After anything happened to `key`: list it for writing, queue its deadline, keep
@@ -413,7 +499,21 @@ impl<H: Handler, I> Shard<H, I> {
         }
         let stats = &self.view.stats;
         slot.accounted = track(&stats.queued_bytes, slot.accounted, slot.conn.queued_bytes());
-        slot.buffered = track(&stats.buffered_input, slot.buffered, slot.conn.buffered_input());
+        let buffered = track(&stats.buffered_input, slot.buffered, slot.conn.buffered_input());
+        if buffered != slot.buffered {
+            // The server-wide gauge moves with the shard's, and only when it changes.
+            let total = if buffered > slot.buffered {
+                let grown = (buffered - slot.buffered) as usize;
+                self.buffered_input.fetch_add(grown, Ordering::Relaxed) + grown
+            } else {
+                let shrunk = (slot.buffered - buffered) as usize;
+                self.buffered_input.fetch_sub(shrunk, Ordering::Relaxed) - shrunk
+            };
+            if buffered > slot.buffered && total > self.view.config.max_buffered_input {
+                self.over_budget = true;
+            }
+            slot.buffered = buffered;
+        }
         match slot.conn.poll_timeout(&self.view.config) {
             Some(at) => {
                 if slot.conn.schedule(at, &self.view.config) {

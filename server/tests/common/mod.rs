@@ -434,6 +434,53 @@ impl RawClient {
         self.send_frame(OpCode::Close, true, &payload);
     }
 
+    /// The next frame, or `None` at EOF, on a reset, or when the stream's read timeout
+    /// passes first.
+    #[track_caller]
+    pub fn read_frame_within(&mut self) -> Option<WireFrame> {
+        let rules = FrameRules { allowed_rsv: self.allowed_rsv, ..FrameRules::for_role(Role::Client, usize::MAX >> 1) };
+        loop {
+            let pending = &self.buf[self.pos..];
+            if let Ok(HeaderParse::Complete { header, header_len }) = FrameHeader::parse(pending, &rules) {
+                let total = header_len + header.payload_len as usize;
+                if pending.len() >= total {
+                    let payload = pending[header_len..total].to_vec();
+                    self.pos += total;
+                    return Some(WireFrame { header, wire_len: total, payload });
+                }
+            }
+            let mut chunk = [0u8; 64 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// The next frame if it has arrived, on a non-blocking stream: `Ok(None)` when more
+    /// must arrive first, `Err(())` at EOF or on an error.
+    pub fn poll_frame(&mut self) -> Result<Option<WireFrame>, ()> {
+        let rules = FrameRules { allowed_rsv: self.allowed_rsv, ..FrameRules::for_role(Role::Client, usize::MAX >> 1) };
+        loop {
+            let pending = &self.buf[self.pos..];
+            if let Ok(HeaderParse::Complete { header, header_len }) = FrameHeader::parse(pending, &rules) {
+                let total = header_len + header.payload_len as usize;
+                if pending.len() >= total {
+                    let payload = pending[header_len..total].to_vec();
+                    self.pos += total;
+                    return Ok(Some(WireFrame { header, wire_len: total, payload }));
+                }
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Err(()),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(None),
+                Err(_) => return Err(()),
+            }
+        }
+    }
+
     /// Reads more bytes into the buffer; `false` at EOF or on a reset.
     #[track_caller]
     fn fill(&mut self) -> bool {
