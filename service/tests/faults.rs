@@ -63,13 +63,7 @@ impl Service {
     }
 
     fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        let kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap();
-        kb * 1024
+        rss_of(self.pid()).expect("the server's RSS")
     }
 }
 
@@ -155,7 +149,13 @@ async fn subscribe(port: u16, progress: &AtomicU64, connected: &AtomicU64, seen:
                     let code = frame.map(|f| u16::from(f.code));
                     seen.close = code;
                     let mut reply = BytesMut::new();
-                    encode_masked_frame(&mut reply, OpCode::Close, true, &code.unwrap_or(1000).to_be_bytes(), rand::random());
+                    encode_masked_frame(
+                        &mut reply,
+                        OpCode::Close,
+                        true,
+                        &code.unwrap_or(1000).to_be_bytes(),
+                        rand::random(),
+                    );
                     let _ = tcp.write_all(&reply).await;
                     // Then the server closes the TCP connection.
                     let mut rest = [0u8; 1024];
@@ -175,8 +175,9 @@ async fn subscribe(port: u16, progress: &AtomicU64, connected: &AtomicU64, seen:
 }
 
 /// The WebSocket publisher: flat out within [`WINDOW`] of the slowest subscriber, until
-/// the server closes the connection. Returns how many messages it wrote and how it ended.
-fn ws_publisher(port: u16, slowest: impl Fn() -> u64, stop: &AtomicBool) -> (u64, String) {
+/// the server closes the connection. Returns how many messages it wrote, how it ended and
+/// the close code the server sent it.
+fn ws_publisher(port: u16, slowest: impl Fn() -> u64, stop: &AtomicBool) -> (u64, String, Option<u16>) {
     let mut tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
     tcp.set_nodelay(true).unwrap();
     let hs = handshake(port, "/publish", false);
@@ -196,14 +197,16 @@ fn ws_publisher(port: u16, slowest: impl Fn() -> u64, stop: &AtomicBool) -> (u64
             let mut decoder = Decoder::new(DecoderConfig::new(Role::Client));
             let mut buf = BytesMut::with_capacity(4096);
             let mut chunk = [0u8; 4096];
+            let mut close = None;
             loop {
                 match tcp.read(&mut chunk) {
-                    Ok(0) | Err(_) => return,
+                    Ok(0) | Err(_) => return close,
                     Ok(n) => buf.extend_from_slice(&chunk[..n]),
                 }
                 while let Ok(Some(event)) = decoder.decode_buf(&mut buf) {
                     if let Incoming::Close(frame) = event {
                         let code = frame.map_or(1000, |f| u16::from(f.code));
+                        close = Some(code);
                         let mut reply = BytesMut::new();
                         encode_masked_frame(&mut reply, OpCode::Close, true, &code.to_be_bytes(), rand::random());
                         let _ = writer.lock().unwrap().write_all(&reply);
@@ -238,8 +241,8 @@ fn ws_publisher(port: u16, slowest: impl Fn() -> u64, stop: &AtomicBool) -> (u64
         sent += 1;
     };
     let _ = writer.lock().unwrap().shutdown(std::net::Shutdown::Write);
-    let _ = reader.join();
-    (sent, end)
+    let close = reader.join().unwrap();
+    (sent, end, close)
 }
 
 /// One HTTP publisher: `POST /publish?binary=1` on a fresh connection each time, as fast
@@ -325,7 +328,7 @@ fn sigterm_under_publish_load(backend: &str) {
     let status = service.wait_exit(Duration::from_secs(30));
     stop.store(true, Relaxed);
     assert!(status.success(), "exit status {status}");
-    let (ws_sent, ws_end) = ws.join().unwrap();
+    let (ws_sent, ws_end, ws_close) = ws.join().unwrap();
     let http: Vec<(Vec<u64>, Vec<String>)> = http.into_iter().map(|h| h.join().unwrap()).collect();
     let seen: Vec<Seen> = rt.block_on(async {
         let mut all = Vec::new();
@@ -339,8 +342,8 @@ fn sigterm_under_publish_load(backend: &str) {
         assert!(s.errors.is_empty(), "subscriber {i}: {:?}", s.errors);
         assert_eq!(s.close, Some(1001), "subscriber {i} was not closed with 1001");
     }
-    // The WebSocket publisher was still going: the stop came mid-stream.
-    assert!(ws_end.starts_with("write failed"), "the publisher ended with {ws_end:?}");
+    // The WebSocket publisher was still connected, and got its 1001 too.
+    assert_eq!(ws_close, Some(1001), "the WebSocket publisher's close code (it ended with {ws_end:?})");
     let k = seen[0].ws;
     assert!(k >= STOP_AFTER_WS && k <= ws_sent, "{k} of {ws_sent} WebSocket messages");
     for (i, s) in seen.iter().enumerate() {
@@ -383,4 +386,259 @@ fn sigterm_under_publish_load_delivers_what_was_accepted_io_uring() {
 #[test]
 fn sigterm_under_publish_load_delivers_what_was_accepted_epoll() {
     sigterm_under_publish_load("epoll");
+}
+
+// ---------------------------------------------------------------------------------------- TLS
+
+const TLS_CLIENTS: usize = 1_000;
+/// Of [`TLS_CLIENTS`]: this many send a ClientHello and then nothing...
+const STALL_IN_TLS: usize = 150;
+/// ...and this many finish TLS but never send the upgrade request.
+const STALL_AFTER_TLS: usize = 150;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(4);
+/// What the server may grow by while it holds 1,000 TLS sessions in the handshake.
+const TLS_RSS_LIMIT: u64 = 96 << 20;
+
+fn tls_service() -> (Service, testkit::tls::TestCerts) {
+    let certs = testkit::tls::TestCerts::generate(&["localhost", "127.0.0.1"]);
+    let timeout = format!("{}ms", HANDSHAKE_TIMEOUT.as_millis());
+    let service = Service::start(&[
+        "--tls-cert",
+        certs.cert_file.to_str().unwrap(),
+        "--tls-key",
+        certs.key_file.to_str().unwrap(),
+        "--handshake-timeout",
+        &timeout,
+    ]);
+    (service, certs)
+}
+
+fn tls_connector(certs: &testkit::tls::TestCerts) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(certs.ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// How one TLS client ended.
+#[derive(Debug)]
+enum TlsEnd {
+    /// TLS and the upgrade completed (101).
+    Upgraded,
+    /// A staller: the server ended the connection this long after it connected.
+    Dropped(Duration),
+    Failed(String),
+}
+
+/// Reads until the server ends the connection; returns how long after `since`.
+async fn until_dropped(mut read: impl tokio::io::AsyncRead + Unpin, since: Instant) -> TlsEnd {
+    let mut sink = [0u8; 4096];
+    let waited = tokio::time::timeout(HANDSHAKE_TIMEOUT * 5, async {
+        loop {
+            match read.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    });
+    match waited.await {
+        Ok(()) => TlsEnd::Dropped(since.elapsed()),
+        Err(_) => TlsEnd::Failed(format!("a stalled handshake still open after {:?}", since.elapsed())),
+    }
+}
+
+async fn tls_client(port: u16, kind: usize, connector: tokio_rustls::TlsConnector) -> TlsEnd {
+    let started = Instant::now();
+    let tcp = match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+        Ok(tcp) => tcp,
+        Err(e) => return TlsEnd::Failed(format!("connect: {e}")),
+    };
+    if kind < STALL_IN_TLS {
+        // Half a handshake: the ClientHello, then silence.
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut hello = Vec::new();
+        let mut session = rustls::ClientConnection::new(connector.config().clone(), name).unwrap();
+        session.write_tls(&mut hello).unwrap();
+        let mut tcp = tcp;
+        if let Err(e) = tcp.write_all(&hello).await {
+            return TlsEnd::Failed(format!("ClientHello: {e}"));
+        }
+        return until_dropped(tcp, started).await;
+    }
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = match tokio::time::timeout(Duration::from_secs(30), connector.connect(name, tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => return TlsEnd::Failed(format!("TLS: {e}")),
+        Err(_) => return TlsEnd::Failed("TLS handshake took over 30 s".into()),
+    };
+    if kind < STALL_IN_TLS + STALL_AFTER_TLS {
+        return until_dropped(tls, started).await;
+    }
+    let hs = handshake(port, "/", true);
+    if let Err(e) = tls.write_all(hs.request()).await {
+        return TlsEnd::Failed(format!("upgrade request: {e}"));
+    }
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        match tls.read_buf(&mut buf).await {
+            Ok(0) => return TlsEnd::Failed("closed during the upgrade".into()),
+            Err(e) => return TlsEnd::Failed(format!("upgrade: {e}")),
+            Ok(_) => {}
+        }
+        match hs.parse_response(&buf) {
+            Ok(Some(_)) => break,
+            Ok(None) => {}
+            Err(e) => return TlsEnd::Failed(format!("upgrade refused: {e}")),
+        }
+    }
+    // Hold the connection until every client is done, then leave.
+    TlsEnd::Upgraded
+}
+
+/// 1,000 TLS handshakes at once, 300 of them stalled half-way (after the ClientHello,
+/// or after TLS but before the upgrade): every honest one upgrades, every staller is cut
+/// off at the handshake timeout (not before, not long after), and the server's memory
+/// stays bounded throughout.
+#[test]
+fn a_thousand_tls_handshakes_some_stalled_stay_bounded_in_memory_and_time() {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let (service, certs) = tls_service();
+    let baseline = service.rss();
+    let connector = tls_connector(&certs);
+    let rt = runtime();
+    let peak = Arc::new(AtomicU64::new(baseline));
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, done, pid) = (peak.clone(), done.clone(), service.pid());
+        std::thread::spawn(move || {
+            while !done.load(Relaxed) {
+                if let Some(rss) = rss_of(pid) {
+                    peak.fetch_max(rss, Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let started = Instant::now();
+    let ends: Vec<TlsEnd> = rt.block_on(async {
+        let tasks: Vec<_> =
+            (0..TLS_CLIENTS).map(|i| tokio::spawn(tls_client(service.port, i, connector.clone()))).collect();
+        let mut ends = Vec::new();
+        for task in tasks {
+            ends.push(task.await.unwrap());
+        }
+        ends
+    });
+    let elapsed = started.elapsed();
+    done.store(true, Relaxed);
+    sampler.join().unwrap();
+    let peak = peak.load(Relaxed);
+
+    let failed: Vec<(usize, &String)> = ends
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| if let TlsEnd::Failed(e) = e { Some((i, e)) } else { None })
+        .collect();
+    assert!(failed.is_empty(), "{} clients failed, e.g. {:?}", failed.len(), &failed[..failed.len().min(5)]);
+    let upgraded = ends.iter().filter(|e| matches!(e, TlsEnd::Upgraded)).count();
+    assert_eq!(upgraded, TLS_CLIENTS - STALL_IN_TLS - STALL_AFTER_TLS, "honest clients upgraded");
+    for (i, end) in ends.iter().enumerate().take(STALL_IN_TLS + STALL_AFTER_TLS) {
+        let TlsEnd::Dropped(after) = end else { panic!("staller {i}: {end:?}") };
+        assert!(
+            *after >= HANDSHAKE_TIMEOUT - Duration::from_millis(100) && *after < HANDSHAKE_TIMEOUT * 3,
+            "staller {i} was cut off after {after:?}, the handshake timeout is {HANDSHAKE_TIMEOUT:?}"
+        );
+    }
+    assert!(elapsed < Duration::from_secs(30), "1,000 handshakes took {elapsed:?}");
+    assert!(
+        peak < baseline + TLS_RSS_LIMIT,
+        "the server grew from {} MiB to {} MiB during 1,000 TLS handshakes",
+        baseline >> 20,
+        peak >> 20
+    );
+    eprintln!(
+        "{upgraded} upgraded, {} stallers cut off, in {elapsed:?}; RSS {} -> peak {} MiB",
+        STALL_IN_TLS + STALL_AFTER_TLS,
+        baseline >> 20,
+        peak >> 20
+    );
+}
+
+fn rss_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 =
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// A plain `ws://` client at the TLS port, and a `wss://` client at a plain port: both
+/// fail at once (well before any timeout) with an error that says what is wrong; and a
+/// raw plain-HTTP request at the TLS port is answered and closed at once too.
+#[test]
+fn the_wrong_scheme_fails_fast_with_a_clear_error() {
+    let (tls, certs) = tls_service();
+    let plain = Service::start(&[]);
+    let rt = runtime();
+    let connect = |url: String| {
+        let config = ringcast_client::ClientConfig::from_url(&url)
+            .unwrap()
+            .extra_root_file(&certs.ca_file)
+            .handshake_timeout(Duration::from_secs(20))
+            .connect_timeout(Duration::from_secs(20));
+        let started = Instant::now();
+        let result = rt.block_on(async { ringcast_client::connect(&config).await.map(|_| ()) });
+        (result, started.elapsed())
+    };
+    let (result, took) = connect(format!("ws://127.0.0.1:{}/", tls.port));
+    let error = result.expect_err("a ws:// client at a TLS port");
+    assert!(matches!(error, ringcast_client::Error::ServerSpeaksTls), "{error:?}");
+    assert!(error.to_string().contains("use wss://"), "{error}");
+    assert!(took < Duration::from_secs(2), "ws:// at the TLS port took {took:?} to fail");
+
+    let (result, took) = connect(format!("wss://localhost:{}/", plain.port));
+    let error = result.expect_err("a wss:// client at a plain port");
+    assert!(matches!(error, ringcast_client::Error::ServerNotTls), "{error:?}");
+    assert!(error.to_string().contains("use ws://"), "{error}");
+    assert!(took < Duration::from_secs(2), "wss:// at the plain port took {took:?} to fail");
+
+    // The same with a raw socket: the TLS port answers a plain request at once and ends
+    // the connection (no wait for the handshake timeout).
+    let started = Instant::now();
+    let mut tcp = TcpStream::connect(("127.0.0.1", tls.port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    let _ = tcp.read_to_end(&mut answer);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2), "the TLS port held a plain request for {took:?}");
+    assert_eq!(answer.first(), Some(&0x15), "a TLS alert record, not {answer:?}");
+    // A TLS ClientHello at the plain port: a plain 400 at once.
+    let started = Instant::now();
+    let mut tcp = TcpStream::connect(("127.0.0.1", plain.port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let connector = tls_connector(&certs);
+    let mut session = rustls::ClientConnection::new(
+        connector.config().clone(),
+        rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+    )
+    .unwrap();
+    let mut hello = Vec::new();
+    session.write_tls(&mut hello).unwrap();
+    tcp.write_all(&hello).unwrap();
+    let mut answer = Vec::new();
+    let _ = tcp.read_to_end(&mut answer);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2), "the plain port held a ClientHello for {took:?}");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text:?}");
+    assert!(text.contains("not TLS (wss://)"), "{text:?}");
 }
