@@ -307,6 +307,18 @@ pub struct ReconnectArgs {
     /// [default: the first URL].
     #[arg(long = "reconnect-url", value_name = "URL")]
     pub reconnect_urls: Vec<String>,
+
+    /// More URLs for the first connections (repeatable): client i connects to the i-th of
+    /// the URL and these, in turn (e.g. every node of a cluster; the publisher stays on the
+    /// first URL's node).
+    #[arg(long = "spread-url", value_name = "URL")]
+    pub spread_urls: Vec<String>,
+
+    /// A connection the server ends or that fails (a node killed, say) is resumed like a
+    /// planned reconnection, at once, on the --reconnect-url nodes in turn (the next one
+    /// if one refuses), instead of counting as a disconnection.
+    #[arg(long)]
+    pub failover: bool,
 }
 
 /// `idle`

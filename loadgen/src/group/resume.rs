@@ -39,6 +39,13 @@ pub struct ReconnectPlan {
     pub away_ns: u64,
     /// Where reconnections go, in turn (empty: the first URL).
     pub urls: Vec<Target>,
+    /// Further URLs for the first connections: client `i` starts on the `i`-th of the
+    /// group's target and these, in turn.
+    #[serde(default)]
+    pub spread: Vec<Target>,
+    /// Resume a connection that fails or that the server ends, on `urls` in turn.
+    #[serde(default)]
+    pub failover: bool,
 }
 
 impl ReconnectPlan {
@@ -197,10 +204,21 @@ pub(super) async fn run(
         let due = next_drop.filter(|&due| due < run_end);
         let received = match due {
             Some(due) => tokio::select! {
-                received = reader.next_received(&mut stream, &mut assembler) => Some(received?),
+                received = reader.next_received(&mut stream, &mut assembler) => Some(received),
                 () = tokio::time::sleep_until(instant_at(due)) => None,
             },
-            None => Some(reader.next_received(&mut stream, &mut assembler).await?),
+            None => Some(reader.next_received(&mut stream, &mut assembler).await),
+        };
+        // With --failover a failed connection is resumed at once, elsewhere; without, it
+        // ends the client (and counts as a disconnection).
+        let (received, away_ns) = match received {
+            Some(Ok(received)) => (Some(received), plan.away_ns),
+            Some(Err(e)) if !plan.failover || ctx.stopping() || now_ns() >= run_end => return Err(e),
+            Some(Err(_)) => {
+                state.borrow_mut().failovers += 1;
+                (None, 0)
+            }
+            None => (None, plan.away_ns),
         };
         if let Some(received) = received {
             record(ctx, state, received, &mut position, catching_up.as_mut());
@@ -214,17 +232,27 @@ pub(super) async fn run(
         }
         // Drop the connection without a closing handshake, stay away, come back.
         drop(stream);
-        tokio::time::sleep(Duration::from_nanos(plan.away_ns)).await;
+        tokio::time::sleep(Duration::from_nanos(away_ns)).await;
         let started = now_ns();
-        let base = if plan.urls.is_empty() { &config.target } else { &plan.urls[(index + resumes) % plan.urls.len()] };
-        resumes += 1;
-        let path = base.path.split('?').next().unwrap_or("/");
-        let target = base.with_path(&format!("{path}?since={}&epoch={:016x}", position.0, position.1));
         let source = (!config.sources.is_empty()).then(|| config.sources[index % config.sources.len()]);
         let timeout = Duration::from_millis(config.connect_timeout_ms);
-        let opened = tokio::time::timeout(timeout, conn::open(&target, source, ctx.tls.as_ref(), false))
-            .await
-            .unwrap_or_else(|_| Err(format!("reconnect: no upgrade within {timeout:?}")))?;
+        // With --failover, a node that refuses is skipped for the next (each URL once).
+        let attempts = if plan.failover { plan.urls.len().max(1) } else { 1 };
+        let mut opened = Err(String::new());
+        for _ in 0..attempts {
+            let base =
+                if plan.urls.is_empty() { &config.target } else { &plan.urls[(index + resumes) % plan.urls.len()] };
+            resumes += 1;
+            let path = base.path.split('?').next().unwrap_or("/");
+            let target = base.with_path(&format!("{path}?since={}&epoch={:016x}", position.0, position.1));
+            opened = tokio::time::timeout(timeout, conn::open(&target, source, ctx.tls.as_ref(), false))
+                .await
+                .unwrap_or_else(|_| Err(format!("reconnect: no upgrade within {timeout:?}")));
+            if opened.is_ok() {
+                break;
+            }
+        }
+        let opened = opened?;
         stream = opened.0;
         reader = Reader::new(opened.1, wire::PayloadKind::Binary, false);
         assembler = Assembler::default();
@@ -299,7 +327,14 @@ mod tests {
 
     #[test]
     fn the_fraction_picks_evenly_spread_clients() {
-        let plan = ReconnectPlan { fraction: 0.1, every_ns: 1, away_ns: 1, urls: Vec::new() };
+        let plan = ReconnectPlan {
+            fraction: 0.1,
+            every_ns: 1,
+            away_ns: 1,
+            urls: Vec::new(),
+            spread: Vec::new(),
+            failover: false,
+        };
         let chosen: Vec<usize> = (0..100).filter(|&i| plan.reconnects(i)).collect();
         assert_eq!(chosen.len(), 10);
         assert_eq!(chosen[..3], [9, 19, 29]);
