@@ -315,8 +315,8 @@ pub struct ReconnectArgs {
     pub spread_urls: Vec<String>,
 
     /// A connection the server ends or that fails (a node killed, say) is resumed like a
-    /// planned reconnection, at once, on the --reconnect-url nodes in turn (the next one
-    /// if one refuses), instead of counting as a disconnection.
+    /// planned reconnection, after --away, on the --reconnect-url nodes in turn (the next
+    /// one if one refuses), instead of counting as a disconnection.
     #[arg(long)]
     pub failover: bool,
 }

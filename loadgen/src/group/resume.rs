@@ -209,16 +209,16 @@ pub(super) async fn run(
             },
             None => Some(reader.next_received(&mut stream, &mut assembler).await),
         };
-        // With --failover a failed connection is resumed at once, elsewhere; without, it
-        // ends the client (and counts as a disconnection).
-        let (received, away_ns) = match received {
-            Some(Ok(received)) => (Some(received), plan.away_ns),
+        // With --failover a failed connection is resumed after --away (a client's back-off),
+        // elsewhere; without, it ends the client (and counts as a disconnection).
+        let received = match received {
+            Some(Ok(received)) => Some(received),
             Some(Err(e)) if !plan.failover || ctx.stopping() || now_ns() >= run_end => return Err(e),
             Some(Err(_)) => {
                 state.borrow_mut().failovers += 1;
-                (None, 0)
+                None
             }
-            None => (None, plan.away_ns),
+            None => None,
         };
         if let Some(received) = received {
             record(ctx, state, received, &mut position, catching_up.as_mut());
@@ -232,7 +232,7 @@ pub(super) async fn run(
         }
         // Drop the connection without a closing handshake, stay away, come back.
         drop(stream);
-        tokio::time::sleep(Duration::from_nanos(away_ns)).await;
+        tokio::time::sleep(Duration::from_nanos(plan.away_ns)).await;
         let started = now_ns();
         let source = (!config.sources.is_empty()).then(|| config.sources[index % config.sources.len()]);
         let timeout = Duration::from_millis(config.connect_timeout_ms);
@@ -273,7 +273,9 @@ pub(super) async fn run(
         } else {
             catching_up = Some((started, offset));
         }
-        next_drop = Some(now_ns() + plan.every_ns);
+        // The next planned drop: only for the clients that reconnect by plan (a failover
+        // of one that does not must not make it start dropping).
+        next_drop = Some(now_ns() + plan.every_ns).filter(|_| reconnects);
     }
 }
 
