@@ -316,7 +316,9 @@ pub struct ReconnectArgs {
 
     /// A connection the server ends or that fails (a node killed, say) is resumed like a
     /// planned reconnection, after --away, on the --reconnect-url nodes in turn (the next
-    /// one if one refuses), instead of counting as a disconnection.
+    /// one if one refuses), instead of counting as a disconnection. From then on the
+    /// client's deliveries count for loss but not for the delivery latency, which is then
+    /// that of the clients whose node stayed up (their recovery has its own latency).
     #[arg(long)]
     pub failover: bool,
 }

@@ -311,8 +311,9 @@ fn record(
     ctx.progress.received.fetch_add(1, Relaxed);
     ctx.progress.bytes.fetch_add(len as u64, Relaxed);
     // Replayed messages count for loss, not for delivery latency (that is the recovery
-    // latency's business).
-    if seq >= ctx.config.warmup_messages && replay.is_none() {
+    // latency's business); so do all deliveries to a client once it failed over: the
+    // delivery latency is that of the clients whose node stayed up.
+    if seq >= ctx.config.warmup_messages && replay.is_none() && st.failovers == 0 {
         st.measured += 1;
         st.measured_bytes += len as u64;
         st.last_recv_ns = now;
