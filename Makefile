@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test setup setup-bench lint unit conformance test-aarch64 peers bench bench-quick bench-codec fuzz build release
+.PHONY: test setup setup-bench lint unit conformance test-aarch64 peers bench bench-quick bench-codec soak fuzz build release
 
 ## Run everything CI runs: formatting, lints, the whole test suite, RFC 6455 conformance.
 ## Installs what the tests need first (tools/setup.sh: a few seconds when it is all there).
@@ -58,6 +58,15 @@ bench: setup-bench
 ## A reduced sweep in under 3 minutes: results/<UTC time>-quick/ (README.md untouched).
 bench-quick: setup-bench
 	python3 benches/bench.py --quick $(BENCH_ARGS)
+
+## The soak (benches/soak.py; not part of `make test`): release build, then per backend
+## (SOAK_IO, default io_uring,epoll) SOAK_SECONDS (default 600) of 10,000 subscribers, a steady
+## publisher, 600 connections/s of churn (reset, FIN, close handshake), 100 slow consumers and a
+## trickle of misbehaving clients against one `ringcast serve`. Samples the server every second
+## into results/<UTC time>-soak-<backend>/ and fails unless RSS, descriptors and gauges are
+## stable and back to their baseline, and no subscriber lost a message. SOAK_ARGS: more flags.
+soak: setup-bench
+	python3 benches/soak.py $(SOAK_ARGS)
 
 ## Criterion benches of the codec; writes results/codec.md.
 bench-codec:

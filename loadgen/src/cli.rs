@@ -22,6 +22,11 @@ Scenarios:
              per client with --rate (then HdrHistogram's record_correct fills in the samples a
              stalled client missed).
   idle       clients connect and stay idle; reports the server's RSS per connection.
+  churn      connections come and go at a fixed rate: connect, upgrade, hold a moment, then
+             leave with a close handshake, a bare FIN or a reset (SO_LINGER 0).
+  abuse      slow consumers that never read, plus a trickle of misbehaving clients (bad
+             frames, invalid UTF-8, oversized frames and headers, partial messages,
+             slowloris, garbage); checks that the server answers each as RFC 6455 asks.
   reconnect  broadcast with offsets (ringcast serve's `/?offsets=1` envelope): a --fraction of the
              clients drops its connection every --every for --away and resumes with
              `?since=<offset>&epoch=<epoch>` (to the --reconnect-url nodes in turn); reports
@@ -79,6 +84,10 @@ pub enum Command {
     Echo(EchoArgs),
     /// Clients connect and stay idle; reports the server's memory per connection.
     Idle(IdleArgs),
+    /// Connections come and go at a fixed rate (close handshake, FIN or reset).
+    Churn(crate::churn::ChurnArgs),
+    /// Slow consumers that never read and a trickle of misbehaving clients.
+    Abuse(crate::abuse::AbuseArgs),
     /// Broadcast with offsets; a fraction of the clients reconnects and resumes.
     Reconnect(ReconnectArgs),
     /// Merges result.json files of several runs into tables, ratios and plots.
@@ -298,6 +307,20 @@ pub struct ReconnectArgs {
     /// [default: the first URL].
     #[arg(long = "reconnect-url", value_name = "URL")]
     pub reconnect_urls: Vec<String>,
+
+    /// More URLs for the first connections (repeatable): client i connects to the i-th of
+    /// the URL and these, in turn (e.g. every node of a cluster; the publisher stays on the
+    /// first URL's node).
+    #[arg(long = "spread-url", value_name = "URL")]
+    pub spread_urls: Vec<String>,
+
+    /// A connection the server ends or that fails (a node killed, say) is resumed like a
+    /// planned reconnection, after --away, on the --reconnect-url nodes in turn (the next
+    /// one if one refuses), instead of counting as a disconnection. From then on the
+    /// client's deliveries count for loss but not for the delivery latency, which is then
+    /// that of the clients whose node stayed up (their recovery has its own latency).
+    #[arg(long)]
+    pub failover: bool,
 }
 
 /// `idle`

@@ -76,7 +76,7 @@ impl Target {
         format!("{}://{host}:{}{}", if self.tls { "wss" } else { "ws" }, self.port, self.path)
     }
 
-    fn handshake(&self, deflate: bool) -> Result<ClientHandshake, String> {
+    pub(crate) fn handshake(&self, deflate: bool) -> Result<ClientHandshake, String> {
         let offer = [("Sec-WebSocket-Extensions", DEFLATE_OFFER)];
         let request = ClientRequest {
             host: &self.host,
@@ -216,7 +216,7 @@ impl AsyncWrite for Stream {
 /// A TCP socket for `addr`, bound to `source` first if given. The bind sets
 /// `IP_BIND_ADDRESS_NO_PORT`, so the port is picked at connect time per 4-tuple and each
 /// source address gets the whole ephemeral range towards the server.
-fn socket(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpSocket> {
+pub(crate) fn socket(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpSocket> {
     let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     if let Some(source) = source {
         if source.is_ipv4() {

@@ -320,6 +320,8 @@ struct ClientState {
     settled: bool,
     /// Reconnect scenario.
     reconnects: u64,
+    /// Of `reconnects`: after the connection failed (--failover).
+    failovers: u64,
     replayed: u64,
     recoveries_incomplete: u64,
     offset_gaps: u64,
@@ -487,6 +489,7 @@ fn collect(ctx: &Ctx, sent: u64) -> GroupResult {
             r.max_client_loss = r.max_client_loss.max(lost);
         }
         r.reconnects += st.reconnects;
+        r.failovers += st.failovers;
         r.replayed += st.replayed;
         r.recoveries_incomplete += st.recoveries_incomplete;
         r.offset_gaps += st.offset_gaps;
@@ -512,8 +515,14 @@ async fn client_task(ctx: Rc<Ctx>, index: usize, state: Rc<RefCell<ClientState>>
         ctx.connect_first.set(started);
     }
     let timeout = Duration::from_millis(config.connect_timeout_ms);
-    let opened =
-        tokio::time::timeout(timeout, conn::open(&config.target, source, ctx.tls.as_ref(), config.deflate)).await;
+    let target = match config.reconnect.as_ref().filter(|plan| !plan.spread.is_empty()) {
+        Some(plan) => match index % (plan.spread.len() + 1) {
+            0 => &config.target,
+            k => &plan.spread[k - 1],
+        },
+        None => &config.target,
+    };
+    let opened = tokio::time::timeout(timeout, conn::open(target, source, ctx.tls.as_ref(), config.deflate)).await;
     ctx.pending.set(ctx.pending.get() - 1);
     ctx.pending_done.notify_one();
     let opened = opened.unwrap_or_else(|_| Err(format!("connect: no upgrade within {timeout:?}")));

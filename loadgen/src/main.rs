@@ -2,6 +2,8 @@
 //! measures delivery latency, throughput, loss and the server's cost. See `--help`.
 #![forbid(unsafe_code)]
 
+mod abuse;
+mod churn;
 mod cli;
 mod clock;
 mod conn;
@@ -10,6 +12,7 @@ mod plot;
 mod procfs;
 mod progress;
 mod publisher;
+mod raw;
 mod report;
 mod run;
 mod stats;
@@ -35,6 +38,8 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Command::Churn(args) => return churn::main(args),
+        Command::Abuse(args) => return abuse::main(args),
         Command::Broadcast(args) => (run::broadcast(args), &args.common),
         Command::Echo(args) => (run::echo(args), &args.common),
         Command::Idle(args) => (run::idle(args), &args.common),

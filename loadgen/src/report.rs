@@ -211,6 +211,9 @@ pub struct ReconnectReport {
     pub clients_reconnecting: u64,
     /// Reconnections made.
     pub reconnects: u64,
+    /// Of `reconnects`: resumptions of a failed connection (--failover).
+    #[serde(default)]
+    pub failovers: u64,
     /// Reconnections the server answered `recovered: true`.
     pub recoveries_complete: u64,
     /// Reconnections answered otherwise.
@@ -339,7 +342,7 @@ pub fn rows(r: &RunReport) -> Vec<(String, String)> {
         row(
             "reconnecting",
             format!(
-                "{} clients ({:.0}%), each every {:.1} s for {:.1} s{}: {} reconnects, {} recovered in full, {} not",
+                "{} clients ({:.0}%), each every {:.1} s for {:.1} s{}: {} reconnects ({} failovers), {} recovered in full, {} not",
                 x.clients_reconnecting,
                 x.fraction * 100.0,
                 x.every_s,
@@ -350,6 +353,7 @@ pub fn rows(r: &RunReport) -> Vec<(String, String)> {
                     format!(" to {}", x.reconnect_urls.join(", "))
                 },
                 x.reconnects,
+                x.failovers,
                 x.recoveries_complete,
                 x.recoveries_incomplete
             ),

@@ -45,11 +45,14 @@ pub fn reconnect(args: &ReconnectArgs) -> Result<RunReport, String> {
     }
     let with_offsets = |url: &str| if url.contains('?') { url.to_owned() } else { format!("{url}?offsets=1") };
     let urls = args.reconnect_urls.iter().map(|u| Target::parse(&with_offsets(u))).collect::<Result<Vec<_>, _>>()?;
+    let spread = args.spread_urls.iter().map(|u| Target::parse(&with_offsets(u))).collect::<Result<Vec<_>, _>>()?;
     let plan = ReconnectPlan {
         fraction: args.fraction,
         every_ns: args.every.as_nanos().max(1) as u64,
         away_ns: args.away.as_nanos() as u64,
         urls,
+        spread,
+        failover: args.failover,
     };
     if args.broadcast.common.deflate || args.broadcast.common.payload_kind != crate::wire::PayloadKind::Binary {
         return Err(
@@ -199,7 +202,7 @@ fn plan_sources(text: &str, clients: u64, target: &Target, notes: &mut Vec<Strin
     }
 }
 
-fn raise_file_limit(notes: &mut Vec<String>) -> u64 {
+pub(crate) fn raise_file_limit(notes: &mut Vec<String>) -> u64 {
     let before = rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(soft, _)| soft).unwrap_or(1024);
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(now) if now > before => {
@@ -600,6 +603,7 @@ fn build_report(common: &CommonArgs, spec: &Spec, b: Built) -> RunReport {
         reconnect_urls: plan.urls.iter().map(Target::url).collect(),
         clients_reconnecting: m.per_client.len() as u64,
         reconnects: m.reconnects,
+        failovers: m.failovers,
         recoveries_complete: m.reconnects - m.recoveries_incomplete.min(m.reconnects),
         recoveries_incomplete: m.recoveries_incomplete,
         recovered_messages: m.replayed,

@@ -118,6 +118,9 @@ pub struct GroupResult {
     /// Reconnect: reconnections made.
     #[serde(default)]
     pub reconnects: u64,
+    /// Reconnect: of `reconnects`, those after a failed connection (--failover).
+    #[serde(default)]
+    pub failovers: u64,
     /// Reconnect: messages the server replayed from its history.
     #[serde(default)]
     pub replayed: u64,
@@ -166,6 +169,7 @@ impl GroupResult {
         self.process_cpu_s += o.process_cpu_s;
         self.deflate_connections += o.deflate_connections;
         self.reconnects += o.reconnects;
+        self.failovers += o.failovers;
         self.replayed += o.replayed;
         self.recoveries_incomplete += o.recoveries_incomplete;
         self.offset_gaps += o.offset_gaps;

@@ -292,7 +292,58 @@ fn a_port_in_use_is_a_start_error(backend: IoBackend) {
     first.stop();
 }
 
+/// Publishes over HTTP after asking the server to stop, from inside the handler: the
+/// worst case of a publish racing a stop (before the two-step stop, the other worker could
+/// take its Stop before this message and close its subscribers without it, though the
+/// publisher was answered 202; found by service/tests/faults.rs under SIGTERM).
+struct StopThenPublish {
+    handle: std::sync::Arc<std::sync::OnceLock<ringcast::ServerHandle<StopThenPublish>>>,
+}
+
+impl Handler for StopThenPublish {
+    type Data = ();
+
+    fn on_http(&self, request: &ringcast::HttpRequest<'_, ()>) -> Option<ringcast::HttpResponse> {
+        self.handle.get().expect("started").request_stop();
+        request.broadcaster().broadcast("accepted before the close");
+        Some(ringcast::HttpResponse::text(202, "published\n"))
+    }
+}
+
+/// A message the server acknowledged reaches every subscriber on every worker before
+/// their 1001, however close to the stop it was published.
+fn a_publish_acknowledged_as_the_stop_begins_reaches_every_subscriber(backend: IoBackend) {
+    let handle = std::sync::Arc::new(std::sync::OnceLock::new());
+    let server =
+        builder(backend).close_timeout(Duration::from_secs(5)).start(StopThenPublish { handle: handle.clone() });
+    let server = server.unwrap_or_else(|e| panic!("start: {e}"));
+    let addr = server.local_addr();
+    let broadcaster = server.broadcaster();
+    assert!(handle.set(server).is_ok());
+    // Subscribers on both workers.
+    let mut subscribers: Vec<RawClient> = (0..16).map(|_| RawClient::open(addr, "/")).collect();
+    wait_until("16 subscribers", WAIT, || broadcaster.stats().websockets == 16);
+    assert!(broadcaster.stats().connections.iter().all(|&n| n > 0), "{:?}", broadcaster.stats().connections);
+    let mut http = tcp(addr);
+    std::io::Write::write_all(&mut http, b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    let _ = std::io::Read::read_to_string(&mut http, &mut answer);
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer:?}");
+    for (i, subscriber) in subscribers.iter_mut().enumerate() {
+        let frame = subscriber.expect_frame();
+        assert_eq!(
+            (frame.header.opcode, frame.payload.as_slice()),
+            (ringcast::OpCode::Text, &b"accepted before the close"[..]),
+            "subscriber {i} got no acknowledged message before its close"
+        );
+        let close = subscriber.expect_frame();
+        assert_eq!(close.header.opcode, ringcast::OpCode::Close, "subscriber {i}");
+        assert_eq!(u16::from_be_bytes([close.payload[0], close.payload[1]]), 1001, "subscriber {i}");
+    }
+}
+
 backends!(
+    a_publish_acknowledged_as_the_stop_begins_reaches_every_subscriber,
     a_port_in_use_is_a_start_error,
     max_connections_is_a_server_wide_limit,
     graceful_stop_closes_with_1001,

@@ -28,6 +28,14 @@ pub fn render(stats: &Stats, service: &ServiceCounters, cluster: Option<&Cluster
         stats.connections.iter().enumerate().map(|(i, n)| (format!("{{shard=\"{i}\"}}"), *n)).collect();
     metric("ringcast_connections", "gauge", "Open TCP connections per worker.", &per_shard);
     metric("ringcast_websockets", "gauge", "Upgraded WebSocket connections.", &[(String::new(), stats.websockets)]);
+    let queued: Vec<(String, u64)> =
+        stats.queued_bytes.iter().enumerate().map(|(i, n)| (format!("{{shard=\"{i}\"}}"), *n)).collect();
+    metric(
+        "ringcast_queued_bytes",
+        "gauge",
+        "Bytes queued to clients and not yet written, per worker (the slow-consumer bound applies per client).",
+        &queued,
+    );
     metric(
         "ringcast_handshakes_total",
         "counter",
@@ -183,6 +191,8 @@ mod tests {
         let stats = Stats {
             connections: vec![3, 4],
             io_uring: vec![true, false],
+            queued_bytes: vec![100, 0],
+            buffered_input: 7,
             messages_out: 10,
             latency_us: {
                 let mut buckets = [0; LATENCY_BUCKETS];
@@ -195,6 +205,8 @@ mod tests {
         let text = render(&stats, &ServiceCounters::default(), None);
         assert!(text.contains("ringcast_connections{shard=\"1\"} 4\n"));
         assert!(text.contains("ringcast_messages_sent_total 10\n"));
+        assert!(text.contains("ringcast_queued_bytes{shard=\"0\"} 100\n"));
+        assert!(text.contains("ringcast_buffered_input_bytes 7\n"));
         assert!(text.contains("ringcast_io_backend{shard=\"1\",backend=\"epoll\"} 1\n"));
         assert!(text.contains("ringcast_publish_to_write_seconds_bucket{le=\"0.000001\"} 2\n"));
         assert!(text.contains("ringcast_publish_to_write_seconds_bucket{le=\"0.000008\"} 7\n"));

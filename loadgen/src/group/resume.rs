@@ -39,6 +39,13 @@ pub struct ReconnectPlan {
     pub away_ns: u64,
     /// Where reconnections go, in turn (empty: the first URL).
     pub urls: Vec<Target>,
+    /// Further URLs for the first connections: client `i` starts on the `i`-th of the
+    /// group's target and these, in turn.
+    #[serde(default)]
+    pub spread: Vec<Target>,
+    /// Resume a connection that fails or that the server ends, on `urls` in turn.
+    #[serde(default)]
+    pub failover: bool,
 }
 
 impl ReconnectPlan {
@@ -197,10 +204,21 @@ pub(super) async fn run(
         let due = next_drop.filter(|&due| due < run_end);
         let received = match due {
             Some(due) => tokio::select! {
-                received = reader.next_received(&mut stream, &mut assembler) => Some(received?),
+                received = reader.next_received(&mut stream, &mut assembler) => Some(received),
                 () = tokio::time::sleep_until(instant_at(due)) => None,
             },
-            None => Some(reader.next_received(&mut stream, &mut assembler).await?),
+            None => Some(reader.next_received(&mut stream, &mut assembler).await),
+        };
+        // With --failover a failed connection is resumed after --away (a client's back-off),
+        // elsewhere; without, it ends the client (and counts as a disconnection).
+        let received = match received {
+            Some(Ok(received)) => Some(received),
+            Some(Err(e)) if !plan.failover || ctx.stopping() || now_ns() >= run_end => return Err(e),
+            Some(Err(_)) => {
+                state.borrow_mut().failovers += 1;
+                None
+            }
+            None => None,
         };
         if let Some(received) = received {
             record(ctx, state, received, &mut position, catching_up.as_mut());
@@ -216,15 +234,25 @@ pub(super) async fn run(
         drop(stream);
         tokio::time::sleep(Duration::from_nanos(plan.away_ns)).await;
         let started = now_ns();
-        let base = if plan.urls.is_empty() { &config.target } else { &plan.urls[(index + resumes) % plan.urls.len()] };
-        resumes += 1;
-        let path = base.path.split('?').next().unwrap_or("/");
-        let target = base.with_path(&format!("{path}?since={}&epoch={:016x}", position.0, position.1));
         let source = (!config.sources.is_empty()).then(|| config.sources[index % config.sources.len()]);
         let timeout = Duration::from_millis(config.connect_timeout_ms);
-        let opened = tokio::time::timeout(timeout, conn::open(&target, source, ctx.tls.as_ref(), false))
-            .await
-            .unwrap_or_else(|_| Err(format!("reconnect: no upgrade within {timeout:?}")))?;
+        // With --failover, a node that refuses is skipped for the next (each URL once).
+        let attempts = if plan.failover { plan.urls.len().max(1) } else { 1 };
+        let mut opened = Err(String::new());
+        for _ in 0..attempts {
+            let base =
+                if plan.urls.is_empty() { &config.target } else { &plan.urls[(index + resumes) % plan.urls.len()] };
+            resumes += 1;
+            let path = base.path.split('?').next().unwrap_or("/");
+            let target = base.with_path(&format!("{path}?since={}&epoch={:016x}", position.0, position.1));
+            opened = tokio::time::timeout(timeout, conn::open(&target, source, ctx.tls.as_ref(), false))
+                .await
+                .unwrap_or_else(|_| Err(format!("reconnect: no upgrade within {timeout:?}")));
+            if opened.is_ok() {
+                break;
+            }
+        }
+        let opened = opened?;
         stream = opened.0;
         reader = Reader::new(opened.1, wire::PayloadKind::Binary, false);
         assembler = Assembler::default();
@@ -245,7 +273,9 @@ pub(super) async fn run(
         } else {
             catching_up = Some((started, offset));
         }
-        next_drop = Some(now_ns() + plan.every_ns);
+        // The next planned drop: only for the clients that reconnect by plan (a failover
+        // of one that does not must not make it start dropping).
+        next_drop = Some(now_ns() + plan.every_ns).filter(|_| reconnects);
     }
 }
 
@@ -281,8 +311,9 @@ fn record(
     ctx.progress.received.fetch_add(1, Relaxed);
     ctx.progress.bytes.fetch_add(len as u64, Relaxed);
     // Replayed messages count for loss, not for delivery latency (that is the recovery
-    // latency's business).
-    if seq >= ctx.config.warmup_messages && replay.is_none() {
+    // latency's business); so do all deliveries to a client once it failed over: the
+    // delivery latency is that of the clients whose node stayed up.
+    if seq >= ctx.config.warmup_messages && replay.is_none() && st.failovers == 0 {
         st.measured += 1;
         st.measured_bytes += len as u64;
         st.last_recv_ns = now;
@@ -299,7 +330,14 @@ mod tests {
 
     #[test]
     fn the_fraction_picks_evenly_spread_clients() {
-        let plan = ReconnectPlan { fraction: 0.1, every_ns: 1, away_ns: 1, urls: Vec::new() };
+        let plan = ReconnectPlan {
+            fraction: 0.1,
+            every_ns: 1,
+            away_ns: 1,
+            urls: Vec::new(),
+            spread: Vec::new(),
+            failover: false,
+        };
         let chosen: Vec<usize> = (0..100).filter(|&i| plan.reconnects(i)).collect();
         assert_eq!(chosen.len(), 10);
         assert_eq!(chosen[..3], [9, 19, 29]);

@@ -60,6 +60,9 @@ pub(crate) enum Command<D> {
     Send { message: Arc<Broadcast>, target: Target<D> },
     /// Run a closure on the targeted open connections.
     Visit { target: Target<D>, visit: Visitor<D> },
+    /// The first step of a stop: hold all input from now on (so this shard sends no more
+    /// messages), then arrive at the barrier.
+    Quiesce(Arc<StopBarrier<D>>),
     /// Close every connection and stop.
     Stop,
     /// Queue `replay` on a connection and add it to `topic`'s subscribers, at this point
@@ -67,6 +70,27 @@ pub(crate) enum Command<D> {
     Join { id: ConnectionId, topic: Arc<str>, replay: Vec<Bytes> },
     /// Run a task on a connection (see [`Broadcaster::with_connection`]).
     Run { id: ConnectionId, task: ConnectionTask<D> },
+}
+
+/// A stop in two steps. Every shard first holds its input and arrives here; the last to
+/// arrive posts [`Command::Stop`] to every shard. So every message a shard read before it
+/// held its input is in every mailbox ahead of the Stop, and reaches every subscriber
+/// before its 1001; what is read after that is not delivered anywhere (and a publish over
+/// HTTP is answered 503), never to some subscribers only.
+pub(crate) struct StopBarrier<D> {
+    remaining: std::sync::atomic::AtomicUsize,
+    shards: Vec<Arc<Mailbox<D>>>,
+}
+
+impl<D> StopBarrier<D> {
+    /// A shard holds its input from now on.
+    pub(crate) fn arrive(&self) {
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            for shard in &self.shards {
+                shard.post(Command::Stop);
+            }
+        }
+    }
 }
 
 /// A closure run on connections by their own shards ([`Broadcaster::visit`]).
@@ -266,8 +290,12 @@ impl<D> Broadcaster<D> {
     }
 
     pub(crate) fn stop_all(&self) {
+        let barrier = Arc::new(StopBarrier {
+            remaining: std::sync::atomic::AtomicUsize::new(self.router.shards.len()),
+            shards: self.router.shards.clone(),
+        });
         for shard in &self.router.shards {
-            shard.post(Command::Stop);
+            shard.post(Command::Quiesce(barrier.clone()));
         }
     }
 }

@@ -22,6 +22,12 @@ use crate::conn::queue::{Delivered, OutFrame, Outbound, SendQueue};
 use crate::event::{DisconnectReason, SendError};
 use crate::id::ConnectionId;
 
+/// The first byte of a TLS handshake record (a ClientHello), never the first byte of an
+/// HTTP request.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+/// The answer to a TLS ClientHello where a plain request head was expected.
+const NOT_TLS_ANSWER: &str = "this port speaks plain HTTP and WebSocket (ws://), not TLS (wss://)\n";
+
 /// Where a connection is in its life.
 
 #[derive(Debug)]
@@ -439,6 +445,12 @@ impl<D> Conn<D> {
     fn read_head<'a>(&mut self, input: &mut &'a mut [u8], config: &Config, now: Instant) -> Option<Event<'a>> {
         let Phase::Head(held) = &mut self.phase else { return None };
         let held_len = held.as_ref().map_or(0, |h| h.len());
+        // A TLS record (a `wss://` client at a plain port) never ends the way a request
+        // head does: say so at once instead of waiting for the handshake timeout.
+        if held_len == 0 && input.first() == Some(&TLS_HANDSHAKE_RECORD) {
+            let answer = handshake::error_response(400, "", NOT_TLS_ANSWER);
+            return Some(self.refuse_with(answer, 400, now, config));
+        }
         let Some(end) = head_end(held.as_deref().map_or(&[], |h| &h[..]), input) else {
             if held_len + input.len() >= handshake::MAX_HEAD_LEN {
                 return Some(self.refuse_with(handshake::HandshakeError::HeadTooLarge.response(), 431, now, config));

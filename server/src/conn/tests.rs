@@ -244,6 +244,22 @@ fn a_head_over_the_limit_is_431_without_waiting_for_its_end() {
 }
 
 #[test]
+fn a_tls_client_hello_at_a_plain_connection_is_400_at_once() {
+    // The first bytes of a ClientHello record: no head terminator will ever come, so the
+    // answer must not wait for the handshake timeout (found by service/tests/faults.rs).
+    let mut h = Harness::with(|b| b);
+    assert_eq!(h.feed(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc]), vec![Seen::Refused(400)]);
+    h.flush();
+    let wire = String::from_utf8(h.take_wire()).unwrap();
+    assert!(wire.starts_with("HTTP/1.1 400"), "{wire}");
+    assert!(wire.contains("not TLS (wss://)"), "{wire}");
+    assert_eq!(h.end(), Some(DisconnectReason::HandshakeRefused(400)));
+    // Only the first byte counts: 0x16 later in a head is the parser's business.
+    let mut h = Harness::with(|b| b);
+    assert!(h.feed(b"GET / HTTP/1.1\r\nX: \x16").is_empty());
+}
+
+#[test]
 fn plain_http_gets_its_body_and_ends_http_served() {
     let mut h = Harness::with(|b| b);
     let seen = h.feed(b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhel");

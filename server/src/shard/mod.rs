@@ -84,6 +84,9 @@ pub(crate) struct Shard<H: Handler, I> {
     commands: Vec<Command<H::Data>>,
     /// Set once a stop was requested: when every connection must be gone.
     stop_deadline: Option<Instant>,
+    /// Between the two steps of a stop (see `StopBarrier`): the input that arrived,
+    /// per connection (slot and id), read once the closes are queued.
+    held_input: Option<Vec<(usize, ConnectionId, Vec<u8>)>>,
 }
 
 impl<H: Handler, I> Shard<H, I> {
@@ -121,6 +124,7 @@ impl<H: Handler, I> Shard<H, I> {
             trim_wanted: false,
             commands: Vec::new(),
             stop_deadline: None,
+            held_input: None,
         }
     }
 
@@ -186,6 +190,12 @@ impl<H: Handler, I> Shard<H, I> {
     /// Bytes arrived on connection `key`; they may be changed in place (unmasking).
     pub(crate) fn on_input(&mut self, key: usize, mut input: &mut [u8], now: Instant) {
         self.view.now = now;
+        if let Some(held) = &mut self.held_input {
+            if let Some(slot) = self.conns.get(key) {
+                held.push((key, slot.conn.id(), input.to_vec()));
+            }
+            return;
+        }
         loop {
             let Some(slot) = self.conns.get_mut(key) else { return };
             let Some(event) = slot.conn.poll_input(&mut input, &self.view.config, now) else { break };
@@ -263,6 +273,12 @@ impl<H: Handler, I> Shard<H, I> {
                     }
                 }
             }
+            Event::Http { .. } if self.stop_deadline.is_some() => {
+                let Some(slot) = self.conns.get_mut(key) else { return };
+                stats.http_requests.add(1);
+                let answer = ringcast_codec::handshake::error_response(503, "", "server stopping\n");
+                slot.conn.respond(answer, &self.view.config, self.view.now);
+            }
             Event::Http { request, body } => {
                 let Some(slot) = self.conns.get_mut(key) else { return };
                 let http = HttpRequest {
@@ -295,6 +311,10 @@ impl<H: Handler, I> Shard<H, I> {
     fn deliver(&mut self, key: usize, incoming: Incoming<'_>) {
         let stats = &self.view.stats;
         match incoming {
+            // Once the shard is stopping, messages are read (to get to the close replies)
+            // but not handed over: the other shards may have closed their connections
+            // already, and a message must reach every subscriber or none.
+            Incoming::Text(_) | Incoming::Binary(_) | Incoming::Fragment { .. } if self.stop_deadline.is_some() => {}
             Incoming::Text(text) => {
                 stats.messages_in.add(1);
                 stats.bytes_in.add(text.len() as u64);
@@ -417,6 +437,12 @@ impl<H: Handler, I> Shard<H, I> {
             match command {
                 Command::Send { message, target } => self.fan_out(&message, &target),
                 Command::Visit { target, visit } => self.visit(&target, &visit),
+                Command::Quiesce(barrier) => {
+                    if self.stop_deadline.is_none() && self.held_input.is_none() {
+                        self.held_input = Some(Vec::new());
+                    }
+                    barrier.arrive();
+                }
                 Command::Stop => self.begin_stop(now),
                 Command::Join { id, topic, replay } => self.join(id, &topic, replay),
                 Command::Run { id, task } => self.run_task(id, task),
@@ -621,6 +647,13 @@ impl<H: Handler, I> Shard<H, I> {
                 );
             }
             self.settle(key);
+        }
+        // What arrived between the two steps: close replies are read, messages are not
+        // delivered any more (see `deliver`).
+        for (key, id, mut input) in self.held_input.take().unwrap_or_default() {
+            if self.conns.get(key).is_some_and(|slot| slot.conn.id() == id) {
+                self.on_input(key, &mut input, now);
+            }
         }
     }
 
