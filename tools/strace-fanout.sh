@@ -64,9 +64,9 @@ while read -r fd; do
     case $(readlink "/proc/$server/fd/$fd" 2>/dev/null) in
         socket:*) socket_writes=$((socket_writes + 1)) ;;
     esac
-done < <(grep -oE '(^|[0-9] )(write|writev)\(([0-9]+)' "$OUT/strace.txt" | grep -oE '[0-9]+$' || true)
-sends=$(grep -cE '(^|[0-9] )(sendmsg|sendto|sendmmsg)\(' "$OUT/strace.txt" || true)
-enters=$(grep -cE '(^|[0-9] )io_uring_enter\(' "$OUT/strace.txt" || true)
+done < <(grep -oE '(^|[0-9] +)(write|writev)\(([0-9]+)' "$OUT/strace.txt" | grep -oE '[0-9]+$' || true)
+sends=$(grep -cE '(^|[0-9] +)(sendmsg|sendto|sendmmsg)\(' "$OUT/strace.txt" || true)
+enters=$(grep -cE '(^|[0-9] +)io_uring_enter\(' "$OUT/strace.txt" || true)
 socket_writes=$((socket_writes + sends))
 limit=$((2 * messages * WORKERS))
 {
@@ -75,6 +75,10 @@ limit=$((2 * messages * WORKERS))
     echo "io_uring_enter calls: $enters (limit 2 per message per shard: $limit)"
     echo "socket write system calls: $socket_writes"
 } | tee "$OUT/summary.txt"
+if [ ! -s "$OUT/strace.txt" ]; then
+    echo "FAIL: strace recorded nothing (no ptrace permission?)" >&2
+    exit 1
+fi
 if [ "$messages" -le 0 ]; then
     echo "FAIL: no message was published while traced (see $OUT/loadgen.log)" >&2
     exit 1

@@ -679,6 +679,12 @@ impl<H: Handler> UringDriver<H> {
                 .flatten()
                 .min();
         let busy = !self.ring.completion().is_empty() || !self.shard.mailbox().park();
+        if busy && self.ring.submission().is_empty() {
+            // Completions or commands already wait (a handler's broadcast posted to this
+            // shard's own mailbox, typically): nothing to submit, so no system call.
+            self.shard.mailbox().unpark();
+            return;
+        }
         let timeout = if busy { Some(Duration::ZERO) } else { deadline.map(|d| d.saturating_duration_since(now)) };
         let result = match timeout {
             Some(timeout) => {
