@@ -55,16 +55,17 @@ timeout -s INT "$TRACE_SECONDS" strace -f -qq -p "$server" -o "$OUT/strace.txt" 
     -e trace=io_uring_enter,sendmsg,sendto,sendmmsg,write,writev || true
 after=$(published)
 messages=$((after - before))
-wait "$loadgen" || true
 
 # Socket writes: a write or writev on a descriptor that is a socket (eventfd writes that
-# wake a shard are not socket writes), and every send*.
+# wake a shard are not socket writes), and every send*. Descriptors are looked up now,
+# while the traced connections are still open.
 socket_writes=0
 while read -r fd; do
     case $(readlink "/proc/$server/fd/$fd" 2>/dev/null) in
         socket:*) socket_writes=$((socket_writes + 1)) ;;
     esac
 done < <(grep -oE '(^|[0-9] +)(write|writev)\(([0-9]+)' "$OUT/strace.txt" | grep -oE '[0-9]+$' || true)
+wait "$loadgen" || true
 sends=$(grep -cE '(^|[0-9] +)(sendmsg|sendto|sendmmsg)\(' "$OUT/strace.txt" || true)
 enters=$(grep -cE '(^|[0-9] +)io_uring_enter\(' "$OUT/strace.txt" || true)
 socket_writes=$((socket_writes + sends))
