@@ -31,12 +31,13 @@ import datetime
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchlib import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 LOADGEN = ROOT / "target/release/ringcast-loadgen"
@@ -52,23 +53,6 @@ SETTINGS = {
     "on": f'[auth]\nhmac_secret = "{SECRET}"\n{RULE}',
     "on-rs256": '[auth]\npublic_key = "{public_key}"\n' + RULE,
 }
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, timeout=10.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"server did not listen on {port}")
 
 
 def cpu_s(pid):
