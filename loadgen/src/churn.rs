@@ -150,23 +150,7 @@ pub struct ChurnReport {
 
 /// Runs `churn` and prints its report; exit status 0 when nothing failed.
 pub fn main(args: &ChurnArgs) -> std::process::ExitCode {
-    match run(args) {
-        Ok(report) => {
-            print!("{}", human(&report));
-            if let Some(path) = &args.json {
-                let json = serde_json::to_string_pretty(&report).expect("report serialises");
-                if let Err(e) = raw::write_file(path, &json) {
-                    eprintln!("ringcast-loadgen: {e}");
-                    return std::process::ExitCode::from(2);
-                }
-            }
-            if report.passed { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE }
-        }
-        Err(e) => {
-            eprintln!("ringcast-loadgen: {e}");
-            std::process::ExitCode::from(2)
-        }
-    }
+    raw::finish(run(args), args.json.as_deref(), human, |report| report.passed)
 }
 
 /// Opens and closes connections for `--duration` at `--rate`.

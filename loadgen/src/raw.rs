@@ -221,6 +221,33 @@ pub fn merge_counts(into: &mut Counts, other: &Counts) {
     }
 }
 
+/// Ends a `churn` or `abuse` run: prints the report, writes it as JSON to `json` if asked,
+/// and gives the exit status (0 when `passed`, 1 when not, 2 when the run or the file
+/// could not be done).
+pub fn finish<R: Serialize>(
+    outcome: Result<R, String>,
+    json: Option<&std::path::Path>,
+    human: impl Fn(&R) -> String,
+    passed: impl Fn(&R) -> bool,
+) -> std::process::ExitCode {
+    let report = match outcome {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("ringcast-loadgen: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    print!("{}", human(&report));
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&report).expect("report serialises");
+        if let Err(e) = write_file(path, &text) {
+            eprintln!("ringcast-loadgen: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    }
+    if passed(&report) { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE }
+}
+
 /// Writes `text` to `path`, creating its directory.
 pub fn write_file(path: &std::path::Path, text: &str) -> Result<(), String> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
