@@ -328,6 +328,23 @@ struct ClientState {
     epoch_changes: u64,
 }
 
+impl ClientState {
+    /// Counts the arrival of message `seq`; `false` for a duplicate (nothing else counted).
+    fn arrive(&mut self, seq: u64) -> bool {
+        self.received += 1;
+        if !self.seen.insert(seq) {
+            self.duplicates += 1;
+            return false;
+        }
+        self.distinct += 1;
+        match self.max_seq {
+            Some(max) if seq < max => self.reordered += 1,
+            _ => self.max_seq = Some(seq),
+        }
+        true
+    }
+}
+
 fn run_shard(
     config: Arc<GroupConfig>,
     shard: usize,
@@ -771,15 +788,8 @@ async fn subscribe(
         let (seq, sent_ns, len) = reader.next(ctx, stream).await?;
         let now = now_ns();
         let mut st = state.borrow_mut();
-        st.received += 1;
-        if !st.seen.insert(seq) {
-            st.duplicates += 1;
+        if !st.arrive(seq) {
             continue;
-        }
-        st.distinct += 1;
-        match st.max_seq {
-            Some(max) if seq < max => st.reordered += 1,
-            _ => st.max_seq = Some(seq),
         }
         ctx.progress.received.fetch_add(1, Relaxed);
         ctx.progress.bytes.fetch_add(len as u64, Relaxed);

@@ -298,15 +298,8 @@ fn record(
         st.offset_gaps += 1;
     }
     *at = (offset, epoch);
-    st.received += 1;
-    if !st.seen.insert(seq) {
-        st.duplicates += 1;
+    if !st.arrive(seq) {
         return;
-    }
-    st.distinct += 1;
-    match st.max_seq {
-        Some(max) if seq < max => st.reordered += 1,
-        _ => st.max_seq = Some(seq),
     }
     ctx.progress.received.fetch_add(1, Relaxed);
     ctx.progress.bytes.fetch_add(len as u64, Relaxed);
