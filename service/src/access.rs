@@ -19,7 +19,6 @@
 //! `authentication_required`, `subscription_token_required`,
 //! `invalid_subscription_token`, `forbidden`, and for presence `presence_disabled`.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
@@ -45,7 +44,7 @@ pub struct AccessControl {
     /// Who is subscribed where.
     pub presence: Presence,
     /// Pub/sub topic publishers (the publish path with `?topic=`): their topic.
-    publishers: Mutex<HashMap<ConnectionId, Box<str>>>,
+    publishers: Mutex<foldhash::HashMap<ConnectionId, Box<str>>>,
     /// Guards the HTTP presence queries.
     admin_token: Option<String>,
 }

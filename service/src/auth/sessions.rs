@@ -6,10 +6,11 @@
 //! connection ends. Deadlines (first-message auth, token expiry) are kept in one ordered
 //! set that a thread sleeps on until the earliest.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use foldhash::HashMap;
 use ringcast::ConnectionId;
 
 use super::token::{Grant, Identity};
