@@ -327,6 +327,7 @@ def soak(args, backend, stamp):
     server_cmd = [
         RINGCAST, "serve", "--port", str(port), "--bind", "127.0.0.1", "--io", backend,
         "--handshake-timeout", f"{args.handshake_timeout}s", "--send-queue-limit", str(args.send_queue_limit),
+        "--send-buffer", str(args.send_buffer),
     ]
     log_command(commands, server_cmd, "server")
     server_log = open(os.path.join(out, "server.log"), "w")
@@ -414,6 +415,7 @@ def soak(args, backend, stamp):
             "seconds": seconds, "subscribers": args.subscribers, "rate": args.rate, "payload": args.payload,
             "churn_rate": args.churn_rate, "slow_consumers": args.slow_consumers, "abuse_rate": args.abuse_rate,
             "handshake_timeout_s": args.handshake_timeout, "send_queue_limit": args.send_queue_limit,
+            "send_buffer": args.send_buffer,
         },
         "load_started_s": round(load_started, 1),
         "load_ended_s": round(load_ended, 1),
@@ -572,7 +574,7 @@ def markdown(summary):
         f"{m.get('memory')}, {m.get('kernel')}.",
         "",
         "What ran at once against one server (broadcast mode, "
-        f"`--handshake-timeout {s['handshake_timeout_s']}s`, `--send-queue-limit {s['send_queue_limit']}`, "
+        f"`--handshake-timeout {s['handshake_timeout_s']}s`, `--send-queue-limit {s['send_queue_limit']}`, `--send-buffer {s['send_buffer']}`, "
         "slow-consumer policy `drop`):",
         "",
         f"- {s['subscribers']:,} healthy subscribers and one WebSocket publisher sending {s['payload']}-byte "
@@ -716,6 +718,12 @@ def main():
     p.add_argument("--abuse-rate", type=float, default=4.0, help="misbehaving clients per second")
     p.add_argument("--handshake-timeout", type=int, default=5, help="the server's --handshake-timeout, seconds")
     p.add_argument("--send-queue-limit", type=int, default=1 << 20, help="the server's --send-queue-limit, bytes")
+    # Without a cap, each never-reading consumer first fills a kernel send buffer that
+    # autotunes to a few MiB: at 10 KiB/s that took it ~390 s to reach its bound, past the
+    # half of a 10-minute run, so the RSS of the last half still climbed (results/
+    # 2026-12-01T155313Z-soak-io_uring). Capped, the slow consumers reach their bound
+    # within ~2 minutes and the last half measures the steady state.
+    p.add_argument("--send-buffer", type=int, default=128 << 10, help="the server's --send-buffer (SO_SNDBUF), bytes")
     p.add_argument("--out-root", default="results")
     p.add_argument("--no-build", action="store_true", help="use the binaries already built")
     args = p.parse_args()

@@ -83,6 +83,7 @@ pub struct Config {
     pub(crate) max_message_size: usize,
     pub(crate) max_buffered_input: usize,
     pub(crate) send_queue_limit: usize,
+    pub(crate) socket_send_buffer: Option<usize>,
     pub(crate) slow_consumer: SlowConsumerPolicy,
     pub(crate) handshake_timeout: Duration,
     pub(crate) idle_timeout: Option<Duration>,
@@ -114,6 +115,7 @@ impl Default for Config {
             max_message_size: 16 << 20,
             max_buffered_input: DEFAULT_MAX_BUFFERED_INPUT,
             send_queue_limit: 1 << 20,
+            socket_send_buffer: None,
             slow_consumer: SlowConsumerPolicy::DropNew,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: None,
@@ -295,6 +297,23 @@ impl ServerBuilder {
     /// slow-consumer policy applies.
     pub fn send_queue_limit(mut self, bytes: usize) -> Self {
         self.config.send_queue_limit = bytes.max(1);
+        self
+    }
+
+    /// Caps the kernel's send buffer of every connection (`SO_SNDBUF`; default: the
+    /// kernel's autotuning, up to `net.ipv4.tcp_wmem`'s maximum, 4 MiB on most systems).
+    ///
+    /// A client that stops reading holds [`send_queue_limit`](Self::send_queue_limit)
+    /// bytes in the server's queue *plus* a full kernel send buffer, and the slow-consumer
+    /// policy only sees the first: with autotuning, a never-reading subscriber of a
+    /// slow topic can take minutes to fill its few MiB of kernel buffer before the policy
+    /// engages, and all that time it costs kernel memory no server bound covers. A cap
+    /// makes both bounded and prompt. The kernel doubles the value for its bookkeeping and
+    /// clamps it to `net.core.wmem_max`; it is set once on the listening sockets, which
+    /// accepted connections inherit it from. Too small a cap limits the throughput of one
+    /// connection to about `bytes` per round trip.
+    pub fn socket_send_buffer(mut self, bytes: usize) -> Self {
+        self.config.socket_send_buffer = Some(bytes.max(1));
         self
     }
 

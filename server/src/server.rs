@@ -133,7 +133,8 @@ impl ServerBuilder {
             io::check_port_free(addr).map_err(|source| StartError::Bind { addr, source })?;
         }
         for _ in 0..config.workers {
-            let listener = io::listen(addr, config.backlog).map_err(|source| StartError::Bind { addr, source })?;
+            let listener = io::listen(addr, config.backlog, config.socket_send_buffer)
+                .map_err(|source| StartError::Bind { addr, source })?;
             // Port 0 picks a port once; the other workers join that port.
             addr = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
             listeners.push(listener);

@@ -220,4 +220,40 @@ fn disconnect(backend: IoBackend) {
     server.stop();
 }
 
-backends!(drop_new, disconnect);
+/// The kernel send buffer the cap test gives each connection.
+const SEND_BUFFER: usize = 64 << 10;
+
+/// `socket_send_buffer`: with the kernel's send buffer capped, a client that never reads
+/// has its messages dropped after the queue limit plus about the cap, not after the few
+/// MiB that autotuning lets the kernel take first (the soak found subscribers needing
+/// minutes to reach their bound that way). Broadcasts one message at a time until the
+/// first drop and counts what the slow client was given before it.
+fn send_buffer_cap(backend: IoBackend) {
+    let rec = Recorder::silent();
+    let builder = builder(backend)
+        .send_queue_limit(QUEUE_LIMIT)
+        .socket_send_buffer(SEND_BUFFER)
+        .slow_consumer(SlowConsumerPolicy::DropNew);
+    let server = Running::start(builder, rec.clone());
+    let slow = slow_client(server.addr());
+    wait_until("the slow client is open", WAIT, || server.stats().websockets == 1);
+    let limit = 4 * bound_for_slow_client(&slow.stream) / MESSAGE_LEN;
+    let mut sent = 0u64;
+    while server.stats().dropped_messages == 0 {
+        assert!((sent as usize) < limit, "no drop after {sent} messages of {MESSAGE_LEN} B");
+        server.broadcast(&message(sent as usize));
+        sent += 1;
+        wait_until("the broadcast queued or dropped", WAIT, || {
+            let stats = server.stats();
+            stats.messages_out + stats.dropped_messages == sent
+        });
+    }
+    let given = server.stats().messages_out as usize * (MESSAGE_LEN + 10);
+    // The kernel doubles SO_SNDBUF; the client's receive buffer holds some too.
+    let rcvbuf = socket2::SockRef::from(&slow.stream).recv_buffer_size().unwrap();
+    let bound = QUEUE_LIMIT + MESSAGE_LEN + 2 * SEND_BUFFER + rcvbuf + 2 * MESSAGE_LEN;
+    assert!(given <= bound, "{given} B went to the slow client before the first drop, more than {bound} B");
+    server.stop();
+}
+
+backends!(drop_new, disconnect, send_buffer_cap);

@@ -199,6 +199,9 @@ fn builder(args: &ServeArgs) -> Result<ringcast::ServerBuilder, Box<dyn std::err
     if let Some(bytes) = args.send_queue_limit {
         builder = builder.send_queue_limit(bytes);
     }
+    if let Some(bytes) = args.send_buffer {
+        builder = builder.socket_send_buffer(bytes);
+    }
     if let Some(max) = args.max_connections {
         builder = builder.max_connections(max);
     }

@@ -179,6 +179,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES")]
     pub send_queue_limit: Option<usize>,
 
+    /// Cap on each connection's kernel send buffer (SO_SNDBUF). A client that never reads
+    /// holds this in the kernel besides --send-queue-limit in the server, and the
+    /// slow-consumer policy engages only once both are full [default: the kernel's
+    /// autotuning, up to net.ipv4.tcp_wmem's maximum].
+    #[arg(long, value_name = "BYTES")]
+    pub send_buffer: Option<usize>,
+
     /// Slow-consumer policy: drop new messages for that client, or disconnect it with
     /// close 1008 [default: drop].
     #[arg(long, value_enum)]
@@ -306,6 +313,7 @@ impl ServeArgs {
             max_message_size: self.max_message_size.or(file.max_message_size),
             max_buffered_input: self.max_buffered_input.or(file.max_buffered_input),
             send_queue_limit: self.send_queue_limit.or(file.send_queue_limit),
+            send_buffer: self.send_buffer.or(file.send_buffer),
             slow_consumer: self.slow_consumer.or(file.slow_consumer),
             max_connections: self.max_connections.or(file.max_connections),
             handshake_timeout: self.handshake_timeout.or(file.handshake_timeout),

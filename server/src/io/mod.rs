@@ -139,13 +139,21 @@ pub(crate) fn run_worker<H: Handler>(
 }
 
 /// Creates a listening socket that shares its port with the other workers. Accepted
-/// sockets inherit `TCP_NODELAY` from it, so no accept needs a `setsockopt`.
-pub(crate) fn listen(addr: SocketAddr, backlog: i32) -> std::io::Result<std::net::TcpListener> {
+/// sockets inherit `TCP_NODELAY` and `SO_SNDBUF` from it, so no accept needs a
+/// `setsockopt`.
+pub(crate) fn listen(
+    addr: SocketAddr,
+    backlog: i32,
+    send_buffer: Option<usize>,
+) -> std::io::Result<std::net::TcpListener> {
     let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.set_tcp_nodelay(true)?;
+    if let Some(bytes) = send_buffer {
+        socket.set_send_buffer_size(bytes)?;
+    }
     socket.bind(&addr.into())?;
     socket.listen(backlog)?;
     Ok(socket.into())
