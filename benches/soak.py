@@ -257,7 +257,9 @@ class Sampler(threading.Thread):
                 dt = now - prev["now"]
                 machine_total = (all_jiffies - prev["all"]) or 1
                 row["server_cpu_pct"] = round(100 * (server_cpu - prev["server"]) / dt, 1)
-                row["loadgen_cpu_pct"] = round(100 * (loadgen_cpu - prev["loadgen"]) / dt, 1)
+                # A load generator that exits takes its CPU time out of the sum: clamp, or
+                # "everything else" below reads thousands of per cent for that second.
+                row["loadgen_cpu_pct"] = round(max(0.0, 100 * (loadgen_cpu - prev["loadgen"]) / dt), 1)
                 cores = os.cpu_count() or 1
                 row["machine_busy_pct"] = round(100 * cores * (busy - prev["busy"]) / machine_total, 1)
                 row["other_cpu_pct"] = round(
