@@ -1,6 +1,6 @@
 """What the benchmark scripts share: free ports, waiting for a server, /proc readings.
 
-Python 3 standard library only; imported by core.py, auth.py and input_budget.py, which
+Python 3 standard library only; imported by core.py, auth.py, history.py and input_budget.py, which
 run as `python3 benches/<script>.py` (so this directory is on the import path).
 """
 

@@ -31,6 +31,8 @@ import subprocess
 import sys
 import time
 
+from benchlib import free_port, wait_port
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RINGCAST = os.path.join(ROOT, "target/release/ringcast")
 LOADGEN = os.path.join(ROOT, "target/release/ringcast-loadgen")
@@ -40,23 +42,6 @@ COMMANDS = []
 def run(cmd, **kw):
     COMMANDS.append(" ".join(shlex.quote(c) for c in cmd))
     return subprocess.run(cmd, cwd=ROOT, **kw)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, timeout=15):
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on {port}")
 
 
 def cpu_s(pid):
@@ -85,7 +70,7 @@ class Proc:
 def serve(out, name, port, extra):
     cmd = [RINGCAST, "serve", "--bind", "127.0.0.1", "--port", str(port)] + extra
     proc = Proc(cmd, os.path.join(out, f"{name}.server.log"))
-    wait_port(port)
+    wait_port(port, timeout=15)
     return proc
 
 
@@ -175,7 +160,7 @@ def main():
         redis_port = free_port()
         redis = Proc(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
                      os.path.join(out, "cluster.redis.log"))
-        wait_port(redis_port)
+        wait_port(redis_port, timeout=15)
         url = f"redis://127.0.0.1:{redis_port}"
         port_a, port_b = free_port(), free_port()
         a = serve(out, "cluster-a", port_a, ["--workers", "1", "--cluster", url])
