@@ -5,8 +5,12 @@ CARGO ?= cargo
 .PHONY: test setup setup-bench lint unit conformance test-aarch64 peers bench bench-quick bench-codec soak fuzz build release
 
 ## Run everything CI runs: formatting, lints, the whole test suite, RFC 6455 conformance.
-## Installs what the tests need first (tools/setup.sh: a few seconds when it is all there).
-test: setup lint unit conformance
+## Installs what the tests need (tools/setup.sh: a few seconds when it is all there) while the
+## lints compile: the installs mostly wait on downloads, the lints on the CPU. The suites then
+## run one after the other, so that their time bounds measure ringcast, not each other.
+test:
+	@$(MAKE) --no-print-directory -j2 --output-sync=target setup lint
+	@$(MAKE) --no-print-directory unit conformance
 
 ## What `make test` needs: Debian packages (as root), the Python venv, the npm peers, Autobahn.
 setup:

@@ -5,23 +5,39 @@
 //! ```
 //!
 //! Reads `$AUTOBAHN_URL` (default `ws://127.0.0.1:9001`) and `$AUTOBAHN_AGENT` (default
-//! `ringcast-client`), or the same as two arguments. Steps: `getCaseCount`, then
+//! `ringcast-client`), or the same as two arguments; `--deflate-level 0..9` sets the level of
+//! the messages it compresses (default 6). Steps: `getCaseCount`, then
 //! `runCase?case=i&agent=A` for every case (echo until closed, each bounded to 60 s),
 //! then `updateReports?agent=A`.
 
 use std::time::Duration;
 
-use ringcast_client::{ClientConfig, Message};
+use ringcast_client::{ClientConfig, ClientDeflateConfig, CompressionLevel, Message};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), BoxError> {
+    let mut level = CompressionLevel::DEFAULT;
+    let mut positional = Vec::new();
     let mut args = std::env::args().skip(1);
-    let base =
-        args.next().or_else(|| std::env::var("AUTOBAHN_URL").ok()).unwrap_or_else(|| "ws://127.0.0.1:9001".to_owned());
-    let agent =
-        args.next().or_else(|| std::env::var("AUTOBAHN_AGENT").ok()).unwrap_or_else(|| "ringcast-client".to_owned());
+    while let Some(arg) = args.next() {
+        if arg == "--deflate-level" {
+            let value = args.next().ok_or("--deflate-level needs a value")?.parse()?;
+            level = CompressionLevel::new(value).ok_or("--deflate-level must be 0 to 9")?;
+        } else {
+            positional.push(arg);
+        }
+    }
+    let mut positional = positional.into_iter();
+    let base = positional
+        .next()
+        .or_else(|| std::env::var("AUTOBAHN_URL").ok())
+        .unwrap_or_else(|| "ws://127.0.0.1:9001".to_owned());
+    let agent = positional
+        .next()
+        .or_else(|| std::env::var("AUTOBAHN_AGENT").ok())
+        .unwrap_or_else(|| "ringcast-client".to_owned());
     let base = base.trim_end_matches('/');
 
     let count: usize = {
@@ -39,7 +55,9 @@ async fn main() -> Result<(), BoxError> {
 
     for case in 1..=count {
         let url = format!("{base}/runCase?case={case}&agent={agent}");
-        let config = ClientConfig::from_url(&url)?.max_message_size(64 << 20);
+        let config = ClientConfig::from_url(&url)?
+            .max_message_size(64 << 20)
+            .permessage_deflate(ClientDeflateConfig::new().level(level));
         if tokio::time::timeout(Duration::from_secs(300), echo(config)).await.is_err() {
             eprintln!("case {case}: timed out");
         }

@@ -3,10 +3,10 @@
 //! against it.
 //!
 //! ```text
-//! cargo run --release --example echo -- --port 9001 [--workers N]
+//! cargo run --release --example echo -- --port 9001 [--workers N] [--deflate-level 0..9]
 //! ```
 
-use ringcast::{Connection, Handler, Server, ServerDeflateConfig};
+use ringcast::{CompressionLevel, Connection, Handler, Server, ServerDeflateConfig};
 
 struct Echo;
 
@@ -25,16 +25,26 @@ impl Handler for Echo {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut port = ringcast::DEFAULT_PORT;
     let mut workers = None;
+    let mut level = CompressionLevel::DEFAULT;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--port" => port = args.next().ok_or("--port needs a value")?.parse()?,
             "--workers" => workers = Some(args.next().ok_or("--workers needs a value")?.parse()?),
-            other => return Err(format!("unknown argument {other}; usage: echo [--port N] [--workers N]").into()),
+            "--deflate-level" => {
+                let value = args.next().ok_or("--deflate-level needs a value")?.parse()?;
+                level = CompressionLevel::new(value).ok_or("--deflate-level must be 0 to 9")?;
+            }
+            other => {
+                return Err(format!(
+                    "unknown argument {other}; usage: echo [--port N] [--workers N] [--deflate-level 0..9]"
+                )
+                .into());
+            }
         }
     }
     // Autobahn's compression cases echo every size, so compress every size.
-    let deflate = ServerDeflateConfig::new().min_message_size(0);
+    let deflate = ServerDeflateConfig::new().min_message_size(0).level(level);
     let mut builder = Server::builder().port(port).permessage_deflate(deflate);
     if let Some(workers) = workers {
         builder = builder.workers(workers);
