@@ -29,7 +29,7 @@ use ringcast::{
 };
 use simd_json::prelude::*;
 
-use crate::auth::rules::Refusal;
+use crate::auth::rules::{Options, Refusal};
 use crate::auth::token::{Identity, TokenError};
 use crate::auth::{Admission, Auth, CLOSE_AUTH_REQUIRED, CLOSE_INVALID_TOKEN, CLOSE_TOKEN_EXPIRED, Due};
 use crate::cluster::Scope;
@@ -481,7 +481,11 @@ impl Service {
     /// `topic` lost the subscriber `conn`: presence and the leave event.
     fn left(&self, conn: &mut Connection<'_, Peer>, topic: &str) {
         self.access.auth.ungrant(conn.id(), topic);
-        let options = self.access.auth.rules.options(topic);
+        self.announce_leave(conn, topic, self.access.auth.rules.options(topic));
+    }
+
+    /// Presence and the leave event of `conn` in `topic`.
+    fn announce_leave(&self, conn: &mut Connection<'_, Peer>, topic: &str, options: Options) {
         let member = self.access.presence.leave(topic, conn.id());
         if options.join_leave {
             let member = member.unwrap_or_else(|| self.member(conn.id(), topic));
@@ -490,7 +494,8 @@ impl Service {
     }
 
     fn member(&self, id: ConnectionId, topic: &str) -> Member {
-        Member { user: self.access.auth.identity(id).map(|i| i.user.clone()), info: self.access.auth.info(id, topic) }
+        let (user, info) = self.access.auth.member(id, topic);
+        Member { user, info }
     }
 
     /// `{"event":"join"|"leave",...}` to the topic's subscribers, here and on other nodes.
@@ -535,16 +540,15 @@ impl Service {
         if conn.data().role == Role::Publisher {
             self.access.publishers.lock().unwrap_or_else(|e| e.into_inner()).remove(&conn.id());
         }
-        let tracked: Vec<String> = conn
+        let tracked: Vec<(String, Options)> = conn
             .topics()
-            .filter(|t| {
-                let options = self.access.auth.rules.options(t);
-                options.presence || options.join_leave
-            })
-            .map(str::to_owned)
+            .map(|topic| (topic, self.access.auth.rules.options(topic)))
+            .filter(|(_, options)| options.presence || options.join_leave)
+            .map(|(topic, options)| (topic.to_owned(), options))
             .collect();
-        for topic in tracked {
-            self.left(conn, &topic);
+        // No `ungrant` per topic: the whole session, grants included, goes below.
+        for (topic, options) in tracked {
+            self.announce_leave(conn, &topic, options);
         }
         self.access.auth.end(conn.id());
     }

@@ -140,7 +140,15 @@ impl Presence {
     /// `id` subscribed to `topic`. Returns `false` if it was there already.
     pub fn join(&self, topic: &str, id: ConnectionId, member: Member) -> bool {
         let json = self.backbone.as_ref().map(|_| member.to_json());
-        if self.lock().entry(topic.into()).or_default().insert(id, member).is_some() {
+        let replaced = {
+            let mut local = self.lock();
+            // The topic's key is allocated only by its first member.
+            match local.get_mut(topic) {
+                Some(members) => members.insert(id, member),
+                None => local.entry(topic.into()).or_default().insert(id, member),
+            }
+        };
+        if replaced.is_some() {
             return false;
         }
         self.metrics.joins.fetch_add(1, Ordering::Relaxed);

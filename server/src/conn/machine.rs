@@ -241,21 +241,18 @@ pub(crate) fn decoder_config(config: &Config) -> DecoderConfig {
 /// Finds the end of a request head (`\r\n\r\n`) in `input`, given the last bytes that
 /// arrived before it; returns the offset just past the blank line.
 fn head_end(held: &[u8], input: &[u8]) -> Option<usize> {
+    const BLANK_LINE: &[u8] = b"\r\n\r\n";
+    // A blank line that began in what was held ends within the first three bytes of
+    // `input`, before any that lies wholly in `input`.
     let carry = &held[held.len().saturating_sub(3)..];
-    let mut window = [0u8; 4];
-    let mut filled = 0;
-    for &b in carry {
-        window = [window[1], window[2], window[3], b];
-        filled += 1;
+    let start = &input[..input.len().min(3)];
+    let mut seam = [0u8; 6];
+    seam[..carry.len()].copy_from_slice(carry);
+    seam[carry.len()..carry.len() + start.len()].copy_from_slice(start);
+    if let Some(at) = memchr::memmem::find(&seam[..carry.len() + start.len()], BLANK_LINE) {
+        return Some(at + BLANK_LINE.len() - carry.len());
     }
-    for (i, &b) in input.iter().enumerate() {
-        window = [window[1], window[2], window[3], b];
-        filled += 1;
-        if filled >= 4 && window == *b"\r\n\r\n" {
-            return Some(i + 1);
-        }
-    }
-    None
+    memchr::memmem::find(input, BLANK_LINE).map(|at| at + BLANK_LINE.len())
 }
 
 impl<D> Conn<D> {
@@ -961,5 +958,16 @@ mod head_tests {
         assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r", b"\nxx"), Some(1));
         assert_eq!(head_end(b"GET / HTTP/1.1\r", b"\n\r"), None);
         assert_eq!(head_end(b"", b"\r\n\r"), None);
+        assert_eq!(head_end(b"\r\n", b"\r\n"), Some(2));
+        assert_eq!(head_end(b"x\r\n\r", b"\n"), Some(1));
+        assert_eq!(head_end(b"\r\n\r\n", b"GET"), None, "a blank line wholly held was found before");
+        assert_eq!(head_end(b"ab", b"c\r\n\r\nd"), Some(5));
+        // Every split of a head, byte by byte: the end is found once, where it is.
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\n\r\nbody";
+        for split in 0..head.len() {
+            let (held, input) = head.split_at(split);
+            let expected = (split < 27).then(|| 27 - split);
+            assert_eq!(head_end(held, input), expected, "split at {split}");
+        }
     }
 }

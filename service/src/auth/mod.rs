@@ -316,13 +316,14 @@ impl Auth {
         });
     }
 
-    /// The presence `info` of `id` in `topic`: the subscription token's, else the
-    /// connection token's.
-    pub fn info(&self, id: ConnectionId, topic: &str) -> Option<Arc<str>> {
+    /// Who `id` is (its user) and what presence shows of it in `topic` (the info of its
+    /// subscription token for `topic`, else of its connection token), in one look-up.
+    pub fn member(&self, id: ConnectionId, topic: &str) -> (Option<Arc<str>>, Option<Arc<str>>) {
         self.sessions.with(id, |session| {
-            let session = session?;
+            let Some(session) = session else { return (None, None) };
+            let identity = session.identity.as_deref();
             let granted = session.grants.iter().find(|g| &*g.channel == topic).and_then(|g| g.info.clone());
-            granted.or_else(|| session.identity.as_ref().and_then(|i| i.info.clone()))
+            (identity.map(|i| i.user.clone()), granted.or_else(|| identity.and_then(|i| i.info.clone())))
         })
     }
 

@@ -182,6 +182,11 @@ pub struct Verifier {
     /// The accepted algorithms, each with its checks, built once: a `Validation` holds
     /// hash sets, and building it per token was a measurable share of a connect.
     validations: Vec<(Algorithm, Validation)>,
+    /// With one key and no JWKS file, the token's header cannot change which key checks
+    /// it: that key, and checks that accept every accepted algorithm of its family.
+    /// `jsonwebtoken::decode` then reads the header itself and refuses any other
+    /// algorithm, so `verify` need not decode it first (the crate decodes it twice more).
+    single_key: Option<(DecodingKey, Validation)>,
 }
 
 /// The JWKS file and the keys last read from it.
@@ -242,8 +247,20 @@ impl Verifier {
         } else {
             settings.algorithms.clone()
         };
-        let validations = algorithms.iter().map(|&alg| (alg, validation(alg, settings))).collect();
-        Ok(Verifier { hmac, rsa, ec, jwks, validations })
+        let validations: Vec<_> = algorithms.iter().map(|&alg| (alg, validation(alg, settings))).collect();
+        let single_key = match (&hmac, &rsa, &ec, &jwks) {
+            (Some(key), None, None, None) | (None, Some(key), None, None) | (None, None, Some(key), None) => {
+                let accepted: Vec<Algorithm> =
+                    algorithms.iter().copied().filter(|alg| family(*alg) == key.family()).collect();
+                accepted.first().copied().map(|first| {
+                    let mut checks = validation(first, settings);
+                    checks.algorithms = accepted;
+                    (key.clone(), checks)
+                })
+            }
+            _ => None,
+        };
+        Ok(Verifier { hmac, rsa, ec, jwks, validations, single_key })
     }
 
     /// The accepted algorithms.
@@ -283,6 +300,11 @@ impl Verifier {
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::Malformed);
         }
+        if let Some((key, validation)) = &self.single_key {
+            return jsonwebtoken::decode::<Claims>(token, key, validation)
+                .map(|data| data.claims)
+                .map_err(|e| decode_error(token, e));
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|_| header_error(token))?;
         let Some((_, validation)) = self.validations.iter().find(|(alg, _)| *alg == header.alg) else {
             return Err(TokenError::Algorithm(format!("{:?}", header.alg)));
@@ -313,23 +335,7 @@ impl Verifier {
                 }
             }
         };
-        jsonwebtoken::decode::<Claims>(token, key, validation).map(|data| data.claims).map_err(|e| match e.kind() {
-            ErrorKind::ExpiredSignature => TokenError::Expired,
-            ErrorKind::ImmatureSignature => TokenError::NotYetValid,
-            ErrorKind::InvalidSignature => TokenError::Signature,
-            ErrorKind::InvalidAlgorithm
-            | ErrorKind::InvalidAlgorithmName
-            | ErrorKind::InvalidKeyFormat
-            | ErrorKind::InvalidRsaKey(_)
-            | ErrorKind::InvalidEcdsaKey
-            | ErrorKind::InvalidEddsaKey => TokenError::Algorithm(format!("{:?}", header.alg)),
-            ErrorKind::InvalidIssuer => TokenError::Claims("issuer".into()),
-            ErrorKind::InvalidAudience => TokenError::Claims("audience".into()),
-            ErrorKind::MissingRequiredClaim(claim) => TokenError::Claims(format!("{claim} is required")),
-            ErrorKind::InvalidClaimFormat(claim) => TokenError::Claims(format!("{claim} is malformed")),
-            ErrorKind::Json(_) => TokenError::Claims("unexpected claim types".into()),
-            _ => TokenError::Malformed,
-        })
+        jsonwebtoken::decode::<Claims>(token, key, validation).map(|data| data.claims).map_err(|e| decode_error(token, e))
     }
 
     /// Re-reads the JWKS file if it changed since it was last read. A file that no longer
@@ -365,6 +371,36 @@ fn family(alg: Algorithm) -> AlgorithmFamily {
         RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => AlgorithmFamily::Rsa,
         ES256 | ES384 => AlgorithmFamily::Ec,
         EdDSA => AlgorithmFamily::Ed,
+    }
+}
+
+/// Why `jsonwebtoken::decode` refused `token`.
+fn decode_error(token: &str, error: jsonwebtoken::errors::Error) -> TokenError {
+    match error.kind() {
+        ErrorKind::ExpiredSignature => TokenError::Expired,
+        ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+        ErrorKind::InvalidSignature => TokenError::Signature,
+        ErrorKind::InvalidAlgorithm
+        | ErrorKind::InvalidAlgorithmName
+        | ErrorKind::InvalidKeyFormat
+        | ErrorKind::InvalidRsaKey(_)
+        | ErrorKind::InvalidEcdsaKey
+        | ErrorKind::InvalidEddsaKey => match jsonwebtoken::decode_header(token) {
+            Ok(header) => TokenError::Algorithm(format!("{:?}", header.alg)),
+            Err(_) => header_error(token),
+        },
+        ErrorKind::InvalidIssuer => TokenError::Claims("issuer".into()),
+        ErrorKind::InvalidAudience => TokenError::Claims("audience".into()),
+        ErrorKind::MissingRequiredClaim(claim) => TokenError::Claims(format!("{claim} is required")),
+        ErrorKind::InvalidClaimFormat(claim) => TokenError::Claims(format!("{claim} is malformed")),
+        // The header (`alg: none`, `HS1`, not JSON...) or the claims.
+        ErrorKind::Json(_) | ErrorKind::Base64(_) | ErrorKind::Utf8(_) | ErrorKind::InvalidToken
+            if jsonwebtoken::decode_header(token).is_err() =>
+        {
+            header_error(token)
+        }
+        ErrorKind::Json(_) => TokenError::Claims("unexpected claim types".into()),
+        _ => TokenError::Malformed,
     }
 }
 
