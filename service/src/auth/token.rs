@@ -335,7 +335,9 @@ impl Verifier {
                 }
             }
         };
-        jsonwebtoken::decode::<Claims>(token, key, validation).map(|data| data.claims).map_err(|e| decode_error(token, e))
+        jsonwebtoken::decode::<Claims>(token, key, validation)
+            .map(|data| data.claims)
+            .map_err(|e| decode_error(token, e))
     }
 
     /// Re-reads the JWKS file if it changed since it was last read. A file that no longer
