@@ -11,7 +11,7 @@
 # Each step first checks whether its result is already there (a binary, or a stamp holding a hash
 # of the step's inputs), so a second run takes a few seconds. When something is missing and cannot
 # be installed (not root, no apt-get, a registry unreachable) it prints the exact command to run and
-# exits 1, before anything is built.
+# exits 1, before any test runs (`make test` compiles the lints meanwhile, then stops).
 #
 # Environment: RINGCAST_PEERS_DIR (default ~/.cache/ringcast-peers) holds the venvs and stamps;
 # FORCE=1 redoes every install step.
