@@ -505,9 +505,24 @@ mod tests {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
     }
 
+    /// One key and no JWKS file: the path that lets `jsonwebtoken` read the header; and the
+    /// same key through the path that reads it first (several keys, a JWKS file).
+    fn both_paths() -> [Verifier; 2] {
+        let single_key = Verifier::new(&settings()).unwrap();
+        assert!(single_key.single_key.is_some());
+        let mut header_first = Verifier::new(&settings()).unwrap();
+        header_first.single_key = None;
+        [single_key, header_first]
+    }
+
     #[test]
     fn connection_tokens_and_their_refusals() {
-        let verifier = Verifier::new(&settings()).unwrap();
+        for verifier in both_paths() {
+            connection_tokens_and_their_refusals_by(&verifier);
+        }
+    }
+
+    fn connection_tokens_and_their_refusals_by(verifier: &Verifier) {
         let exp = unix_now() + 60;
         let good = hs(
             Algorithm::HS256,
