@@ -23,8 +23,7 @@ async fn main() -> Result<(), BoxError> {
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         if arg == "--deflate-level" {
-            let value = args.next().ok_or("--deflate-level needs a value")?.parse()?;
-            level = CompressionLevel::new(value).ok_or("--deflate-level must be 0 to 9")?;
+            level = args.next().ok_or("--deflate-level needs a value")?.parse()?;
         } else {
             positional.push(arg);
         }

@@ -132,6 +132,8 @@ impl fmt::Display for WindowBits {
 /// use ringcast_codec::deflate::CompressionLevel;
 /// assert_eq!(CompressionLevel::default(), CompressionLevel::new(6).unwrap());
 /// assert_eq!(CompressionLevel::new(10), None);
+/// assert_eq!("1".parse(), Ok(CompressionLevel::FAST));
+/// assert!("10".parse::<CompressionLevel>().is_err());
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct CompressionLevel(u8);
@@ -154,6 +156,20 @@ impl CompressionLevel {
     /// The level as a number.
     pub const fn get(self) -> u8 {
         self.0
+    }
+}
+
+/// A compression level given as text that is not a number from 0 to 9.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a compression level is a number from 0 to 9, not {0:?}")]
+pub struct InvalidCompressionLevel(String);
+
+impl std::str::FromStr for CompressionLevel {
+    type Err = InvalidCompressionLevel;
+
+    /// `"0"` to `"9"`, as a command line gives it.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        text.parse().ok().and_then(CompressionLevel::new).ok_or_else(|| InvalidCompressionLevel(text.to_owned()))
     }
 }
 
