@@ -37,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import free_port, wait_port
+from benchlib import free_port, per_repeat_ratios, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 LOADGEN = ROOT / "target/release/ringcast-loadgen"
@@ -114,6 +114,10 @@ def run_once(setting, attempt, args, workdir, keys, outdir, source, log):
     time.sleep(1.0)  # the disconnects
     user_after, kernel_after = cpu_s(pid)
     connect_user, connect_kernel = user_after - user_before, kernel_after - kernel_before
+
+    def per_client(cpu_seconds):
+        return 1e6 * cpu_seconds / connected if connected else None
+
     fanout = loadgen(["broadcast", url, "--payload", "64", "--rate", str(args.rate), "--warmup", "1s",
                       "--duration", f"{args.seconds}s", "--drain", "5s", "--source-addrs", next(source),
                       "--publish-path", f"/publish?topic=bench:1&token={PUBLISH_TOKEN}"] + common,
@@ -127,9 +131,9 @@ def run_once(setting, attempt, args, workdir, keys, outdir, source, log):
         "connected": connected,
         "connects_per_s": connect.get("connect", {}).get("per_s"),
         "connect_p99_ms": connect.get("connect", {}).get("time_ms", {}).get("p99"),
-        "server_cpu_us_per_client": 1e6 * (connect_user + connect_kernel) / connected if connected else None,
-        "server_user_us_per_client": 1e6 * connect_user / connected if connected else None,
-        "server_kernel_us_per_client": 1e6 * connect_kernel / connected if connected else None,
+        "server_cpu_us_per_client": per_client(connect_user + connect_kernel),
+        "server_user_us_per_client": per_client(connect_user),
+        "server_kernel_us_per_client": per_client(connect_kernel),
         "rss_per_connection": connect.get("server_metrics", {}).get("rss_per_connection"),
         "deliveries_per_s": fanout.get("deliveries_per_s"),
         "cpu_s_per_million": fanout.get("server_metrics", {}).get("cpu_s_per_million"),
@@ -148,13 +152,6 @@ def run_once(setting, attempt, args, workdir, keys, outdir, source, log):
 
 KEYS = ["connects_per_s", "connect_p99_ms", "server_cpu_us_per_client", "server_user_us_per_client",
         "server_kernel_us_per_client", "rss_per_connection", "deliveries_per_s", "cpu_s_per_million", "p99_ms"]
-
-
-def per_repeat_ratios(rows, setting, key):
-    """`setting` ÷ off of `key` within each repeat that has both."""
-    off = {r["attempt"]: r[key] for r in rows if r["setting"] == "off"}
-    return [r[key] / off[r["attempt"]] for r in rows
-            if r["setting"] == setting and r[key] and off.get(r["attempt"])]
 
 
 def fmt(value, spec):
@@ -214,7 +211,7 @@ def write_report(outdir, meta, rows, summary):
         if setting == "off":
             continue
         for key, name in (("server_cpu_us_per_client", "server CPU per client"), ("connects_per_s", "connects/s")):
-            pairs = per_repeat_ratios(rows, setting, key)
+            pairs = per_repeat_ratios(rows, key, setting, "off", repeat="attempt")
             lines.append(f"- {setting} ÷ off, {name}: {', '.join(f'{r:.2f}' for r in pairs)} "
                          f"(median {fmt(median(pairs), '.3f')})")
     lines += ["", "Connects/s on this box is bounded by the load generator's core as much as by the server's, "

@@ -37,3 +37,12 @@ def rss_kib(pid):
     except OSError:
         pass
     return 0
+
+
+def per_repeat_ratios(rows, key, setting, baseline, repeat="repeat"):
+    """`setting` ÷ `baseline` of `key`, within each repeat (rows sharing `row[repeat]`) that
+    has both: alternating settings meet the same machine state, so these pairs are the
+    comparisons a noisy neighbour disturbs least."""
+    base = {r[repeat]: r[key] for r in rows if r["setting"] == baseline}
+    return [r[key] / base[r[repeat]] for r in rows
+            if r["setting"] == setting and r[key] and base.get(r[repeat])]

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Subscribers' latency while 1,000 clients try to exhaust the server's input memory.
 
-    python3 benches/input_budget.py [--attackers 1000] [--repeat 3] [--quick]
+    python3 benches/input_budget.py [--attackers 1000] [--repeat 5] [--quick]
 
 Against `ringcast serve` (pub/sub mode, its defaults: 1 MiB message limit, 256 MiB
 `--max-buffered-input`), 500 subscribers of one topic receive 1 KiB messages at 100
@@ -10,9 +10,10 @@ clients each upgrade and send all but the last byte of a 1 MiB binary message, s
 together they ask the server to hold about 1 GB. The attackers subscribe to nothing: in
 broadcast mode every upgraded connection is a subscriber, so the ~240 attackers the budget
 leaves open would add half again as many deliveries, and the comparison would measure a
-larger fan-out rather than the attack on memory. The two settings alternate within each repeat (same machine
-state); the report gives the subscribers' p99 in each, their ratio (the issue's bound is
-1.2), loss, the server's peak RSS, and how many attackers the budget closed (1009).
+larger fan-out rather than the attack on memory. The two settings alternate within each
+repeat (same machine state); the report gives the subscribers' p99 in each, their ratio
+(the issue's bound is 1.2), loss, the server's peak RSS, and how many attackers the budget
+closed (1009).
 
 Server pinned to CPU 0, load generator and attackers on CPU 1. Results go to
 results/<UTC time>-input-budget/ (README.md, results.json, every load generator JSON).
@@ -35,7 +36,7 @@ import threading
 import time
 from pathlib import Path
 
-from benchlib import free_port, rss_kib, wait_port
+from benchlib import free_port, per_repeat_ratios, rss_kib, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 LOADGEN = ROOT / "target/release/ringcast-loadgen"
@@ -88,18 +89,17 @@ class Attack:
                     continue
                 s.sendall(header)
                 s.setblocking(False)
-                self.socks.append([s, MESSAGE - 1])
+                self.socks.append(s)
             except OSError:
                 continue
         # Up to 64 KiB to whichever attacker can take it, until every one has sent all but
         # one byte. The thread sleeps in epoll while every socket is full: a remote attacker
         # costs this machine nothing but the bytes it delivers, and a thread spinning over
         # full sockets would take the subscribers' load generator's core instead.
-        left = {}
+        left = dict.fromkeys(self.socks, MESSAGE - 1)
         with selectors.DefaultSelector() as selector:
-            for s, todo in self.socks:
+            for s in self.socks:
                 selector.register(s, selectors.EVENT_WRITE)
-                left[s] = todo
             while left and not self.stop.is_set():
                 for key, _ in selector.select(timeout=0.1):
                     s = key.fileobj
@@ -118,7 +118,7 @@ class Attack:
     def close(self):
         self.stop.set()
         self.thread.join(timeout=30)
-        for s, _ in self.socks:
+        for s in self.socks:
             try:
                 s.close()
             except OSError:
@@ -204,11 +204,7 @@ def main():
         values = [r[key] for r in rows if r["setting"] == setting and r[key] is not None]
         return statistics.median(values) if values else None
 
-    ratios = []
-    for repeat in range(args.repeat):
-        pair = {r["setting"]: r for r in rows if r["repeat"] == repeat}
-        if pair["alone"]["p99_ms"] and pair["attacked"]["p99_ms"]:
-            ratios.append(pair["attacked"]["p99_ms"] / pair["alone"]["p99_ms"])
+    ratios = per_repeat_ratios(rows, "p99_ms", "attacked", "alone")
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                           text=True).stdout.strip()
     model = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
