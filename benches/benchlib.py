@@ -1,4 +1,4 @@
-"""What the benchmark scripts share: free ports, waiting for a server, /proc readings.
+"""What the benchmark scripts share: free ports, waiting for a server, /proc readings, per-repeat ratios.
 
 Python 3 standard library only; imported by core.py, auth.py, history.py and input_budget.py, which
 run as `python3 benches/<script>.py` (so this directory is on the import path).
